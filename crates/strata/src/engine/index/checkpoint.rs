@@ -1,0 +1,225 @@
+//! The index checkpoint: a copy of the indexes and of the segments' sparse position
+//! indexes, valid up to a durable point of the log, so that opening a large store scans
+//! only the log written after it.
+//!
+//! ```text
+//! "STRATIDX"  u32 version  u32 reserved
+//! u32 segment count, then per segment:
+//!     u32 number  u64 first position  u32 end offset  u64 end position
+//!     u32 sparse count, then (u64 position, u32 offset) each
+//! u64 event count
+//! u64 stream count, then per stream:
+//!     u16 name length, name, u8 flags (1 tombstoned, 2 metadata follows)
+//!     [u32 length, metadata JSON]  u64 location count, then u64 each
+//! u64 recent id count, then (16-byte id, u64 location) each, oldest first
+//! u32 CRC32C of everything before it
+//! ```
+//!
+//! The checkpoint is derived data: if it is missing, damaged, of another version, or
+//! disagrees with the segment files, the index is rebuilt from the log.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::{Index, Location, StreamEntry};
+use crate::engine::format::{u16_at, u32_at, u64_at};
+use crate::engine::state::Segments;
+use crate::metadata::StreamMetadata;
+
+/// The checkpoint's file name.
+pub const FILE_NAME: &str = "index.ckpt";
+/// The name it is written under before being renamed into place.
+pub const TEMP_FILE_NAME: &str = "index.ckpt.tmp";
+const MAGIC: &[u8; 8] = b"STRATIDX";
+const VERSION: u32 = 1;
+
+/// What a checkpoint says about one segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentSummary {
+    /// Segment number.
+    pub number: u32,
+    /// Position of its first event.
+    pub first_position: u64,
+    /// End of the frames covered.
+    pub end_offset: u32,
+    /// Position after the last event covered.
+    pub end_position: u64,
+    /// Sparse index entries.
+    pub sparse: Vec<(u64, u32)>,
+}
+
+/// A decoded checkpoint.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// The segments it covers; the last one is where the scan resumes.
+    pub segments: Vec<SegmentSummary>,
+    /// The indexes as of the covered point.
+    pub index: Index,
+}
+
+/// Serialises the segments and indexes.
+pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + index.events as usize * 8 + index.streams.len() * 32);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(segments.list.len() as u32).to_le_bytes());
+    for segment in &segments.list {
+        out.extend_from_slice(&segment.number.to_le_bytes());
+        out.extend_from_slice(&segment.first_position.to_le_bytes());
+        out.extend_from_slice(&segment.end_offset.to_le_bytes());
+        out.extend_from_slice(&segment.end_position.to_le_bytes());
+        out.extend_from_slice(&(segment.sparse.len() as u32).to_le_bytes());
+        for &(position, offset) in &segment.sparse {
+            out.extend_from_slice(&position.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&index.events.to_le_bytes());
+    out.extend_from_slice(&(index.streams.len() as u64).to_le_bytes());
+    for (name, entry) in &index.streams {
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        let flags = u8::from(entry.tombstoned) | (u8::from(entry.metadata.is_some()) << 1);
+        out.push(flags);
+        if let Some(metadata) = &entry.metadata {
+            let json = metadata.to_json().to_string();
+            out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            out.extend_from_slice(json.as_bytes());
+        }
+        out.extend_from_slice(&(entry.locations.len() as u64).to_le_bytes());
+        for location in &entry.locations {
+            out.extend_from_slice(&location.0.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&(index.recent.len() as u64).to_le_bytes());
+    for (id, location) in index.recent.iter() {
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&location.0.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        let end = self.at.checked_add(n).ok_or("length overflow")?;
+        let slice = self.bytes.get(self.at..end).ok_or("checkpoint truncated")?;
+        self.at = end;
+        Ok(slice)
+    }
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        Ok(u16_at(self.take(2)?, 0))
+    }
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        Ok(u32_at(self.take(4)?, 0))
+    }
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        Ok(u64_at(self.take(8)?, 0))
+    }
+    /// A count of items of at least `item_len` bytes each, checked against what is left.
+    fn count(&mut self, wide: bool, item_len: usize) -> Result<usize, &'static str> {
+        let n = if wide {
+            self.u64()?
+        } else {
+            u64::from(self.u32()?)
+        };
+        let left = (self.bytes.len() - self.at) as u64;
+        if n.saturating_mul(item_len as u64) > left {
+            return Err("count larger than the checkpoint");
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Parses and checks a checkpoint.
+pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'static str> {
+    if bytes.len() < 20 {
+        return Err("checkpoint truncated");
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32_at(crc, 0) {
+        return Err("checkpoint checksum mismatch");
+    }
+    let mut c = Cursor { bytes: body, at: 0 };
+    if c.take(8)? != MAGIC {
+        return Err("not a checkpoint");
+    }
+    if c.u32()? != VERSION {
+        return Err("checkpoint of another version");
+    }
+    c.u32()?;
+    let mut segments = Vec::new();
+    for _ in 0..c.count(false, 28)? {
+        let number = c.u32()?;
+        let first_position = c.u64()?;
+        let end_offset = c.u32()?;
+        let end_position = c.u64()?;
+        let mut sparse = Vec::new();
+        for _ in 0..c.count(false, 12)? {
+            sparse.push((c.u64()?, c.u32()?));
+        }
+        segments.push(SegmentSummary {
+            number,
+            first_position,
+            end_offset,
+            end_position,
+            sparse,
+        });
+    }
+    let mut index = Index::new(recent_ids_max);
+    index.events = c.u64()?;
+    for _ in 0..c.count(true, 11)? {
+        let name_len = usize::from(c.u16()?);
+        let name = std::str::from_utf8(c.take(name_len)?).map_err(|_| "stream name not UTF-8")?;
+        let flags = c.take(1)?[0];
+        let metadata = if flags & 2 != 0 {
+            let len = c.u32()? as usize;
+            let metadata =
+                StreamMetadata::from_slice(c.take(len)?).map_err(|_| "invalid metadata")?;
+            Some(Arc::new(metadata))
+        } else {
+            None
+        };
+        let count = c.count(true, 8)?;
+        let mut locations = Vec::with_capacity(count);
+        for chunk in c.take(count * 8)?.chunks_exact(8) {
+            locations.push(Location(u64_at(chunk, 0)));
+        }
+        let entry = StreamEntry {
+            locations,
+            tombstoned: flags & 1 != 0,
+            metadata,
+        };
+        index.streams.insert(name.into(), entry);
+    }
+    for _ in 0..c.count(true, 24)? {
+        let id = Uuid::from_slice(c.take(16)?).map_err(|_| "bad id")?;
+        index.recent.insert(id, Location(c.u64()?));
+    }
+    if c.at != body.len() {
+        return Err("trailing bytes in checkpoint");
+    }
+    Ok(Checkpoint { segments, index })
+}
+
+/// Writes a checkpoint crash-atomically: to a temporary file, synced, renamed into place,
+/// and the directory synced.
+pub fn write(storage: &dyn crate::engine::io::Storage, bytes: &[u8]) -> std::io::Result<()> {
+    match storage.remove(TEMP_FILE_NAME) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let file = storage.create(TEMP_FILE_NAME)?;
+    file.write_at(bytes, 0)?;
+    file.sync_data()?;
+    storage.rename(TEMP_FILE_NAME, FILE_NAME)?;
+    storage.sync_dir()
+}

@@ -1,0 +1,130 @@
+//! Options of the embedded engine.
+
+use crate::error::OpenError;
+use crate::limits::Limits;
+
+use super::format::{frame, segment};
+
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// After its bytes are on stable storage (`fdatasync`). The default.
+    #[default]
+    Fsync,
+    /// After its bytes are handed to the operating system, without waiting for the disk.
+    /// A power loss can lose acknowledged events. For benchmarks and tests only.
+    NoSync,
+}
+
+/// Options of the embedded engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Limits on appends and names.
+    pub limits: Limits,
+    /// A segment is closed and a new one started once the next frame would not fit.
+    pub segment_size_bytes: u32,
+    /// When appends are acknowledged.
+    pub durability: Durability,
+    /// How many recent event ids are remembered for idempotent retries of appends with
+    /// `any` or `stream_exists` (retries with an exact revision are checked against the
+    /// stream itself, with no window).
+    pub recent_ids_max: usize,
+    /// The index checkpoint is rewritten once the log has grown by this many bytes since
+    /// the last one (or by the checkpoint's own size, if larger).
+    pub checkpoint_interval_bytes: u64,
+    /// Most appends waiting for the writer; callers wait for room beyond it.
+    pub write_queue_max: usize,
+    /// Most bytes the writer puts in one batch (one write, one sync).
+    pub batch_bytes_max: usize,
+}
+
+impl Options {
+    /// Default segment size: 256 MiB.
+    pub const SEGMENT_SIZE_BYTES: u32 = 256 << 20;
+
+    /// Checks that the options fit together.
+    pub fn validate(&self) -> Result<(), OpenError> {
+        let invalid = |reason: String| Err(OpenError::InvalidOptions { reason });
+        let capacity = (self.segment_size_bytes as usize).saturating_sub(segment::HEADER_LEN);
+        if self.segment_size_bytes < 4096 {
+            return invalid(format!(
+                "segment_size_bytes is {}, the minimum is 4096",
+                self.segment_size_bytes
+            ));
+        }
+        // The largest append must fit in one frame in an empty segment.
+        let per_event = super::format::record::HEADER_LEN + 8;
+        let largest_frame = frame::HEADER_LEN
+            + self.limits.append_size_bytes_max
+            + self.limits.append_events_max * (per_event + self.limits.stream_name_bytes_max);
+        if largest_frame > capacity {
+            return invalid(format!(
+                "the largest possible append ({largest_frame} bytes with {} events of up to \
+                 {} bytes in all) does not fit in a segment of {} bytes; lower the limits or \
+                 raise segment_size_bytes",
+                self.limits.append_events_max,
+                self.limits.append_size_bytes_max,
+                self.segment_size_bytes
+            ));
+        }
+        if self.limits.event_size_bytes_max > self.limits.append_size_bytes_max {
+            return invalid("event_size_bytes_max exceeds append_size_bytes_max".into());
+        }
+        if self.write_queue_max == 0 || self.batch_bytes_max == 0 {
+            return invalid("write_queue_max and batch_bytes_max must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Options for small stores in tests: 64 KiB segments and matching limits, so that
+    /// tests cross segment boundaries quickly.
+    pub fn small_for_tests() -> Options {
+        Options {
+            limits: Limits {
+                event_size_bytes_max: 8 << 10,
+                append_events_max: 64,
+                append_size_bytes_max: 16 << 10,
+                stream_name_bytes_max: 128,
+                event_type_bytes_max: 128,
+                append_streams_max: 8,
+            },
+            segment_size_bytes: 64 << 10,
+            checkpoint_interval_bytes: 32 << 10,
+            ..Options::default()
+        }
+    }
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            limits: Limits {
+                // Room for the frame and record headers of the largest append.
+                append_events_max: 20_000,
+                ..Limits::default()
+            },
+            segment_size_bytes: Options::SEGMENT_SIZE_BYTES,
+            durability: Durability::Fsync,
+            recent_ids_max: 262_144,
+            checkpoint_interval_bytes: 64 << 20,
+            write_queue_max: 8192,
+            batch_bytes_max: 16 << 20,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_test_options_are_valid() {
+        assert!(Options::default().validate().is_ok());
+        assert!(Options::small_for_tests().validate().is_ok());
+        let tiny = Options {
+            segment_size_bytes: 8192,
+            ..Options::default()
+        };
+        assert!(tiny.validate().is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! Reading durable events: the global log by position (both ways) and single events by
+//! location. Readers only look below the durable end the writer published.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::format::{frame, record, segment};
+use super::index::Location;
+use super::io::{read_exact_at, StorageFile};
+use super::state::Shared;
+use crate::error::StorageError;
+use crate::event::RecordedEvent;
+use crate::filter::Filter;
+
+/// Bytes read at a time when scanning frames.
+const CHUNK_BYTES: usize = 256 << 10;
+/// Bytes read around a single event.
+const WINDOW_BYTES: usize = 4 << 10;
+
+/// A frame found by [`for_each_frame`].
+pub struct FrameRef<'a> {
+    /// The chunk the frame lies in.
+    pub chunk: &'a Bytes,
+    /// Where the frame starts in the chunk.
+    pub at: usize,
+    /// Its checked header.
+    pub header: frame::FrameHeader,
+    /// Its offset in the segment file.
+    pub file_offset: u64,
+}
+
+impl FrameRef<'_> {
+    /// Calls `f` with each record of the frame: its view (ranges relative to the chunk)
+    /// and its offset in the segment file.
+    pub fn for_each_record(
+        &self,
+        file_name: &str,
+        mut f: impl FnMut(record::RecordView<'_>, u64) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, StorageError> {
+        let end = self.at + self.header.length as usize;
+        let mut at = self.at + frame::HEADER_LEN;
+        let frame_bytes = &self.chunk[..end];
+        while at < end {
+            let file_offset = self.file_offset + (at - self.at) as u64;
+            let view = record::decode(frame_bytes, at, false)
+                .map_err(|reason| StorageError::corrupt(file_name, file_offset, reason))?;
+            let length = record::record_len(frame_bytes, at).unwrap_or(0);
+            at += length;
+            if f(view, file_offset).is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// Calls `f` with every frame of `file` between `start` and `end`, checking each frame's
+/// checksum. The range must hold only durable, complete frames: anything else is
+/// corruption.
+pub fn for_each_frame(
+    file: &dyn StorageFile,
+    file_name: &str,
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(&FrameRef<'_>) -> Result<ControlFlow<()>, StorageError>,
+) -> Result<ControlFlow<()>, StorageError> {
+    let mut offset = start;
+    while offset < end {
+        let want = CHUNK_BYTES.min((end - offset) as usize);
+        let mut buffer = vec![0u8; want];
+        read_exact_at(file, &mut buffer, offset)
+            .map_err(|e| StorageError::io("read", file_name, e))?;
+        let header =
+            frame::parse_header(&buffer).map_err(|e| corrupt_frame(file_name, offset, e))?;
+        if header.length as usize > buffer.len() {
+            if offset + u64::from(header.length) > end {
+                return Err(StorageError::corrupt(
+                    file_name,
+                    offset,
+                    "frame extends past the end of the durable log",
+                ));
+            }
+            buffer.resize(header.length as usize, 0);
+            read_exact_at(file, &mut buffer[want..], offset + want as u64)
+                .map_err(|e| StorageError::io("read", file_name, e))?;
+        }
+        let chunk = Bytes::from(buffer);
+        let mut at = 0;
+        while chunk.len() - at >= frame::HEADER_LEN {
+            let file_offset = offset + at as u64;
+            let header = match frame::check(&chunk[at..]) {
+                Ok(header) => header,
+                Err(frame::FrameError::Truncated) if at > 0 => break,
+                Err(error) => return Err(corrupt_frame(file_name, file_offset, error)),
+            };
+            let found = FrameRef {
+                chunk: &chunk,
+                at,
+                header,
+                file_offset,
+            };
+            if f(&found)?.is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+            at += header.length as usize;
+        }
+        if at == 0 {
+            return Err(StorageError::corrupt(file_name, offset, "frame truncated"));
+        }
+        offset += at as u64;
+    }
+    Ok(ControlFlow::Continue(()))
+}
+
+fn corrupt_frame(file_name: &str, offset: u64, error: frame::FrameError) -> StorageError {
+    let reason = match error {
+        frame::FrameError::Truncated => "frame truncated",
+        frame::FrameError::Invalid(reason) => reason,
+    };
+    StorageError::corrupt(file_name, offset, reason)
+}
+
+/// Reads the global log forwards from `from` (inclusive).
+pub fn read_all_forwards(
+    shared: &Shared,
+    from: u64,
+    limit: usize,
+    filter: &Filter,
+) -> Result<Vec<RecordedEvent>, StorageError> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let (mut index, mut offset) = {
+        let segments = shared.segments();
+        let Some(i) = segments.find(from) else {
+            return Ok(out);
+        };
+        let Some((_, offset)) = segments.list[i].seek(from) else {
+            return Ok(out);
+        };
+        (i, offset)
+    };
+    loop {
+        let Some((file, name, end)) = segment_at(shared, index) else {
+            break;
+        };
+        let flow = for_each_frame(&*file, &name, u64::from(offset), u64::from(end), |found| {
+            if found.header.end_position() <= from {
+                return Ok(ControlFlow::Continue(()));
+            }
+            found.for_each_record(&name, |view, _| {
+                if view.position >= from && filter.matches(view.stream, view.event_type) {
+                    out.push(view.to_event(found.chunk));
+                    if out.len() >= limit {
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            })
+        })?;
+        if flow.is_break() {
+            break;
+        }
+        index += 1;
+        offset = segment::HEADER_LEN as u32;
+    }
+    Ok(out)
+}
+
+fn segment_at(shared: &Shared, index: usize) -> Option<(Arc<dyn StorageFile>, String, u32)> {
+    let segments = shared.segments();
+    let segment = segments.list.get(index)?;
+    Some((
+        segment.file.clone(),
+        segment.name.clone(),
+        segment.end_offset,
+    ))
+}
+
+/// Reads the global log backwards from `from` (inclusive; `None`: the last event).
+pub fn read_all_backwards(
+    shared: &Shared,
+    from: Option<u64>,
+    limit: usize,
+    filter: &Filter,
+) -> Result<Vec<RecordedEvent>, StorageError> {
+    let mut out = Vec::new();
+    let (mut index, mut block, target) = {
+        let segments = shared.segments();
+        let Some(last) = segments.next_position().checked_sub(1) else {
+            return Ok(out);
+        };
+        let target = from.map_or(last, |from| from.min(last));
+        let Some(i) = segments.find(target) else {
+            return Ok(out);
+        };
+        let Some((block, _)) = segments.list[i].seek(target) else {
+            return Ok(out);
+        };
+        (i, block, target)
+    };
+    let mut found = Vec::new();
+    while out.len() < limit {
+        // One sparse block: from its remembered frame start to the next one.
+        let (file, name, start, end) = {
+            let segments = shared.segments();
+            let segment = &segments.list[index];
+            let start = segment.sparse[block].1;
+            let end = segment
+                .sparse
+                .get(block + 1)
+                .map_or(segment.end_offset, |s| s.1);
+            (segment.file.clone(), segment.name.clone(), start, end)
+        };
+        found.clear();
+        let _complete = for_each_frame(&*file, &name, u64::from(start), u64::from(end), |frame| {
+            frame.for_each_record(&name, |view, _| {
+                if view.position <= target && filter.matches(view.stream, view.event_type) {
+                    found.push(view.to_event(frame.chunk));
+                }
+                ControlFlow::Continue(())
+            })
+        })?;
+        out.extend(found.drain(..).rev().take(limit - out.len()));
+        // Step back one block, skipping segments with no frames.
+        if block > 0 {
+            block -= 1;
+            continue;
+        }
+        let segments = shared.segments();
+        let previous = (0..index)
+            .rev()
+            .find(|&i| !segments.list[i].sparse.is_empty());
+        match previous {
+            Some(i) => {
+                index = i;
+                block = segments.list[i].sparse.len() - 1;
+            }
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the events at `locations`, in the given order, checking each record's checksum.
+pub fn read_locations(
+    shared: &Shared,
+    locations: &[Location],
+) -> Result<Vec<RecordedEvent>, StorageError> {
+    let mut out = Vec::with_capacity(locations.len());
+    // The last window read: segment number, its file offset, and its bytes.
+    let mut window: Option<(u32, u64, Bytes)> = None;
+    for &location in locations {
+        let offset = u64::from(location.offset());
+        let covers = |w: &(u32, u64, Bytes), len: usize| {
+            w.0 == location.segment()
+                && w.1 <= offset
+                && offset + len as u64 <= w.1 + w.2.len() as u64
+        };
+        let needs_read = match &window {
+            Some(w) if covers(w, record::HEADER_LEN) => {
+                let at = (offset - w.1) as usize;
+                let len = record::record_len(&w.2, at).unwrap_or(usize::MAX);
+                !covers(w, len)
+            }
+            _ => true,
+        };
+        if needs_read {
+            window = Some(read_window(shared, location)?);
+        }
+        let (_, start, bytes) = window.as_ref().ok_or(StorageError::Closed)?;
+        let at = (offset - start) as usize;
+        let name = segment::file_name(location.segment());
+        let view = record::decode(bytes, at, true)
+            .map_err(|reason| StorageError::corrupt(&name, offset, reason))?;
+        out.push(view.to_event(bytes));
+    }
+    Ok(out)
+}
+
+/// Reads the window of bytes holding the whole record at `location`.
+fn read_window(shared: &Shared, location: Location) -> Result<(u32, u64, Bytes), StorageError> {
+    let (file, end) = {
+        let segments = shared.segments();
+        let segment = segments.by_number(location.segment()).ok_or_else(|| {
+            StorageError::corrupt(
+                segment::file_name(location.segment()),
+                u64::from(location.offset()),
+                "the index points into a missing segment",
+            )
+        })?;
+        (segment.file.clone(), u64::from(segment.end_offset))
+    };
+    let name = || segment::file_name(location.segment());
+    let offset = u64::from(location.offset());
+    if offset + record::HEADER_LEN as u64 > end {
+        return Err(StorageError::corrupt(
+            name(),
+            offset,
+            "the index points past the durable end",
+        ));
+    }
+    let want = (WINDOW_BYTES as u64).min(end - offset) as usize;
+    let mut buffer = vec![0u8; want];
+    read_exact_at(&*file, &mut buffer, offset).map_err(|e| StorageError::io("read", name(), e))?;
+    let length = record::record_len(&buffer, 0).unwrap_or(0);
+    if length > buffer.len() {
+        if offset + length as u64 > end {
+            return Err(StorageError::corrupt(
+                name(),
+                offset,
+                "record extends past the durable end",
+            ));
+        }
+        buffer.resize(length, 0);
+        read_exact_at(&*file, &mut buffer[want..], offset + want as u64)
+            .map_err(|e| StorageError::io("read", name(), e))?;
+    }
+    Ok((location.segment(), offset, Bytes::from(buffer)))
+}

@@ -1,0 +1,499 @@
+//! Opening a store: find the segments, load the index checkpoint, scan the log written
+//! after it, and cut off a torn tail.
+//!
+//! Outcomes, by what is found:
+//! - a torn or partly written last batch at the end of the last segment: cut off at the
+//!   last valid frame, reported in [`OpenReport::truncated_tail`], never served;
+//! - a damaged frame anywhere else (a sealed segment, or followed by frames of a later
+//!   batch): [`StorageError::Corrupt`] naming the file and offset, and the store does not
+//!   open;
+//! - a last segment whose header was never completely written: removed and reported;
+//! - a missing, damaged or stale checkpoint: the index is rebuilt from the log.
+//!
+//! Damage inside the very last batch is indistinguishable from a torn write (neither was
+//! acknowledged if the sync did not complete) and is treated as one.
+
+use std::sync::Arc;
+
+use super::format::segment::{self, SegmentHeader};
+use super::format::{frame, record};
+use super::index::checkpoint::{self, Checkpoint};
+use super::index::{Index, IndexedEvent, Location};
+use super::io::{read_exact_at, read_full_at, Storage, StorageFile};
+use super::options::Options;
+use super::state::{SegmentInfo, Segments};
+use crate::error::StorageError;
+
+/// Bytes read at a time while scanning.
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+/// A torn tail that was cut off when the store was opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TruncatedTail {
+    /// The segment file.
+    pub file: String,
+    /// Where the first invalid frame started (the new end of the file).
+    pub offset: u64,
+    /// How many bytes were cut off.
+    pub bytes: u64,
+    /// Why the first of them was invalid.
+    pub reason: String,
+}
+
+/// Where the index came from when the store was opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexSource {
+    /// The checkpoint, plus a scan of the log after it.
+    Checkpoint,
+    /// A full scan of the log, because the checkpoint was missing or unusable.
+    Rebuilt {
+        /// Why the checkpoint was not used.
+        reason: String,
+    },
+}
+
+/// What opening a store found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenReport {
+    /// A torn tail that was cut off.
+    pub truncated_tail: Option<TruncatedTail>,
+    /// A last segment file whose header was never completely written, removed.
+    pub removed_segment: Option<String>,
+    /// Where the index came from.
+    pub index_source: IndexSource,
+    /// Events read from the log during the scan.
+    pub scanned_events: u64,
+    /// Events in the store.
+    pub events: u64,
+}
+
+/// The state a store opens with.
+pub struct Recovered {
+    pub segments: Segments,
+    pub index: Index,
+    pub report: OpenReport,
+    pub last_recorded_at: u64,
+}
+
+struct Opened {
+    number: u32,
+    name: String,
+    file: Arc<dyn StorageFile>,
+    header: SegmentHeader,
+    len: u64,
+}
+
+fn io_error<'a>(
+    operation: &'static str,
+    file: &'a str,
+) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |error| StorageError::io(operation, file, error)
+}
+
+/// Creates segment `number` starting at `first_position`: header written and synced, and
+/// the directory synced so the new name survives a crash.
+pub fn create_segment(
+    storage: &dyn Storage,
+    number: u32,
+    first_position: u64,
+) -> Result<SegmentInfo, StorageError> {
+    let name = segment::file_name(number);
+    let file = storage.create(&name).map_err(io_error("create", &name))?;
+    let header = SegmentHeader {
+        number,
+        first_position,
+        created_at_micros: crate::event::Timestamp::now().as_micros(),
+    };
+    file.write_at(&header.encode(), 0)
+        .map_err(io_error("write", &name))?;
+    file.sync_data().map_err(io_error("fdatasync", &name))?;
+    storage
+        .sync_dir()
+        .map_err(io_error("sync directory of", &name))?;
+    Ok(SegmentInfo {
+        number,
+        name,
+        first_position,
+        file,
+        sparse: Vec::new(),
+        end_offset: segment::HEADER_LEN as u32,
+        end_position: first_position,
+    })
+}
+
+/// Opens the segments, loads the checkpoint and scans the rest of the log.
+pub fn recover(storage: &dyn Storage, options: &Options) -> Result<Recovered, StorageError> {
+    let where_ = storage.describe();
+    let names = storage.list().map_err(io_error("list", &where_))?;
+    if names.iter().any(|n| n == checkpoint::TEMP_FILE_NAME) {
+        // A checkpoint write that never reached its rename: derived data, discard.
+        let _ = storage.remove(checkpoint::TEMP_FILE_NAME);
+    }
+    let mut numbers: Vec<u32> = names
+        .iter()
+        .filter_map(|n| segment::parse_file_name(n))
+        .collect();
+    numbers.sort_unstable();
+    for pair in numbers.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(StorageError::corrupt(
+                segment::file_name(pair[0] + 1),
+                0,
+                "segment file is missing: segment numbers must have no gaps",
+            ));
+        }
+    }
+    let mut report = OpenReport {
+        truncated_tail: None,
+        removed_segment: None,
+        index_source: IndexSource::Checkpoint,
+        scanned_events: 0,
+        events: 0,
+    };
+    let mut opened = open_segments(storage, &numbers, &mut report)?;
+    let (mut segments, mut index, resume) = match load_checkpoint(storage, options, &opened) {
+        Ok(checkpoint) => from_checkpoint(checkpoint, &mut opened),
+        Err(reason) => {
+            report.index_source = IndexSource::Rebuilt { reason };
+            (
+                Segments::default(),
+                Index::new(options.recent_ids_max),
+                (0, segment::HEADER_LEN as u32),
+            )
+        }
+    };
+    let mut last_recorded_at = 0;
+    let count = opened.len();
+    for (i, seg) in opened.into_iter().enumerate() {
+        let expected_first = segments.next_position();
+        if i >= segments.list.len() {
+            if i > 0 && seg.header.first_position != expected_first {
+                return Err(StorageError::corrupt(
+                    &seg.name,
+                    16,
+                    format!(
+                        "segment starts at position {}, the previous one ends at {}",
+                        seg.header.first_position, expected_first
+                    ),
+                ));
+            }
+            segments.list.push(SegmentInfo {
+                number: seg.number,
+                name: seg.name.clone(),
+                first_position: seg.header.first_position,
+                file: seg.file.clone(),
+                sparse: Vec::new(),
+                end_offset: segment::HEADER_LEN as u32,
+                end_position: seg.header.first_position,
+            });
+        }
+        if i < resume.0 {
+            continue;
+        }
+        let info = &mut segments.list[i];
+        let start = if i == resume.0 {
+            resume.1
+        } else {
+            info.end_offset
+        };
+        let scan = Scan {
+            info,
+            index: &mut index,
+            len: seg.len,
+            is_last: i + 1 == count,
+            scanned: &mut report.scanned_events,
+            last_recorded_at: &mut last_recorded_at,
+        };
+        if let Some(tail) = scan.run(start)? {
+            report.truncated_tail = Some(tail);
+        }
+    }
+    if segments.list.is_empty() {
+        segments.list.push(create_segment(storage, 1, 0)?);
+    }
+    report.events = index.events;
+    Ok(Recovered {
+        segments,
+        index,
+        report,
+        last_recorded_at,
+    })
+}
+
+fn open_segments(
+    storage: &dyn Storage,
+    numbers: &[u32],
+    report: &mut OpenReport,
+) -> Result<Vec<Opened>, StorageError> {
+    let mut opened = Vec::with_capacity(numbers.len());
+    for (i, &number) in numbers.iter().enumerate() {
+        let name = segment::file_name(number);
+        let file = storage.open(&name).map_err(io_error("open", &name))?;
+        let len = file.len().map_err(io_error("stat", &name))?;
+        let mut bytes = [0u8; segment::HEADER_LEN];
+        let got = read_full_at(&*file, &mut bytes, 0).map_err(io_error("read", &name))?;
+        match SegmentHeader::decode(&bytes[..got]) {
+            Ok(header) if header.number == number => opened.push(Opened {
+                number,
+                name,
+                file,
+                header,
+                len,
+            }),
+            Ok(header) => {
+                return Err(StorageError::corrupt(
+                    name,
+                    16,
+                    format!("header says segment {}", header.number),
+                ))
+            }
+            Err(segment::HeaderError::Version(version)) => {
+                return Err(StorageError::UnsupportedFormat {
+                    file: name,
+                    version,
+                    supported: segment::VERSION,
+                })
+            }
+            // The writer syncs a new segment's header before writing any frame to it, so a
+            // bad header on a last segment no longer than a header is a creation that a
+            // crash interrupted: nothing in it was ever acknowledged.
+            Err(_) if i + 1 == numbers.len() && len <= segment::HEADER_LEN as u64 => {
+                drop(file);
+                storage.remove(&name).map_err(io_error("remove", &name))?;
+                storage
+                    .sync_dir()
+                    .map_err(io_error("sync directory of", &name))?;
+                report.removed_segment = Some(name);
+            }
+            Err(segment::HeaderError::Short) => {
+                return Err(StorageError::corrupt(name, 0, "segment header truncated"))
+            }
+            Err(segment::HeaderError::Invalid(reason)) => {
+                return Err(StorageError::corrupt(name, 0, reason))
+            }
+        }
+    }
+    Ok(opened)
+}
+
+fn load_checkpoint(
+    storage: &dyn Storage,
+    options: &Options,
+    opened: &[Opened],
+) -> Result<Checkpoint, String> {
+    let file = storage
+        .open(checkpoint::FILE_NAME)
+        .map_err(|e| format!("no usable checkpoint ({e})"))?;
+    let len = file.len().map_err(|e| e.to_string())?;
+    let mut bytes = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
+    read_exact_at(&*file, &mut bytes, 0).map_err(|e| e.to_string())?;
+    let checkpoint = checkpoint::decode(&bytes, options.recent_ids_max).map_err(str::to_owned)?;
+    if checkpoint.segments.is_empty() || checkpoint.segments.len() > opened.len() {
+        return Err("checkpoint does not match the segment files".into());
+    }
+    let last = checkpoint.segments.len() - 1;
+    for (i, (summary, seg)) in checkpoint.segments.iter().zip(opened).enumerate() {
+        let sealed_ok = i == last || u64::from(summary.end_offset) == seg.len;
+        if summary.number != seg.number
+            || summary.first_position != seg.header.first_position
+            || u64::from(summary.end_offset) > seg.len
+            || !sealed_ok
+        {
+            return Err(format!("checkpoint is stale for {}", seg.name));
+        }
+    }
+    Ok(checkpoint)
+}
+
+type Resume = (usize, u32);
+
+fn from_checkpoint(checkpoint: Checkpoint, opened: &mut [Opened]) -> (Segments, Index, Resume) {
+    let mut segments = Segments::default();
+    for (summary, seg) in checkpoint.segments.into_iter().zip(opened.iter()) {
+        segments.list.push(SegmentInfo {
+            number: seg.number,
+            name: seg.name.clone(),
+            first_position: summary.first_position,
+            file: seg.file.clone(),
+            sparse: summary.sparse,
+            end_offset: summary.end_offset,
+            end_position: summary.end_position,
+        });
+    }
+    let last = segments.list.len() - 1;
+    let resume = (last, segments.list[last].end_offset);
+    (segments, checkpoint.index, resume)
+}
+
+/// The scan of one segment.
+struct Scan<'a> {
+    info: &'a mut SegmentInfo,
+    index: &'a mut Index,
+    len: u64,
+    is_last: bool,
+    scanned: &'a mut u64,
+    last_recorded_at: &'a mut u64,
+}
+
+impl Scan<'_> {
+    /// Scans frames from `start` to the end of the file. Returns the tail it cut off.
+    fn run(mut self, start: u32) -> Result<Option<TruncatedTail>, StorageError> {
+        let name = self.info.name.clone();
+        let file = self.info.file.clone();
+        let mut offset = u64::from(start);
+        while offset < self.len {
+            let want = (SCAN_CHUNK_BYTES as u64).min(self.len - offset) as usize;
+            let mut buffer = vec![0u8; want];
+            read_exact_at(&*file, &mut buffer, offset).map_err(io_error("read", &name))?;
+            let mut at = 0usize;
+            let mut bad = None;
+            while at < buffer.len() {
+                let here = offset + at as u64;
+                let rest = &buffer[at..];
+                match frame::parse_header(rest) {
+                    Ok(header) if u64::from(header.length) > self.len - here => {
+                        bad = Some("frame extends past the end of the file");
+                    }
+                    Ok(header) if header.length as usize > rest.len() => {
+                        if at == 0 {
+                            // One frame larger than a chunk: read it whole.
+                            buffer.resize(header.length as usize, 0);
+                            read_exact_at(&*file, &mut buffer[want..], offset + want as u64)
+                                .map_err(io_error("read", &name))?;
+                            continue;
+                        }
+                        break;
+                    }
+                    Ok(_) => match frame::check(rest) {
+                        Ok(header) if header.first_position == self.info.end_position => {
+                            self.apply_frame(&name, rest, &header, here)?;
+                            at += header.length as usize;
+                            continue;
+                        }
+                        Ok(_) => bad = Some("frame position out of sequence"),
+                        Err(frame::FrameError::Invalid(reason)) => bad = Some(reason),
+                        Err(frame::FrameError::Truncated) => bad = Some("frame truncated"),
+                    },
+                    Err(frame::FrameError::Truncated) if here + (rest.len() as u64) < self.len => {
+                        break;
+                    }
+                    Err(frame::FrameError::Truncated) => bad = Some("frame header truncated"),
+                    Err(frame::FrameError::Invalid(reason)) => bad = Some(reason),
+                }
+                if bad.is_some() {
+                    break;
+                }
+            }
+            if let Some(reason) = bad {
+                return self.invalid_frame(&name, &*file, offset + at as u64, reason);
+            }
+            offset += at as u64;
+        }
+        Ok(None)
+    }
+
+    fn apply_frame(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        header: &frame::FrameHeader,
+        offset: u64,
+    ) -> Result<(), StorageError> {
+        let offsets = frame::record_offsets(bytes, header)
+            .map_err(|_| StorageError::corrupt(name, offset, "frame records do not add up"))?;
+        for (i, &at) in offsets.iter().enumerate() {
+            let record_offset = offset + at as u64;
+            let view = record::decode(bytes, at, false)
+                .map_err(|reason| StorageError::corrupt(name, record_offset, reason))?;
+            if view.position != header.first_position + i as u64 {
+                return Err(StorageError::corrupt(
+                    name,
+                    record_offset,
+                    "record position out of sequence",
+                ));
+            }
+            let event = IndexedEvent {
+                stream: view.stream,
+                revision: view.revision,
+                event_type: view.event_type,
+                id: view.id,
+                location: Location::new(self.info.number, record_offset as u32),
+                data: &bytes[view.data.clone()],
+            };
+            self.index
+                .apply(&event)
+                .map_err(|e| StorageError::corrupt(name, record_offset, e.0))?;
+            *self.last_recorded_at = (*self.last_recorded_at).max(view.recorded_at.as_micros());
+        }
+        *self.scanned += offsets.len() as u64;
+        self.info.add_frame(
+            header.first_position,
+            header.end_position(),
+            offset as u32,
+            header.length,
+        );
+        Ok(())
+    }
+
+    /// Decides what an invalid frame at `bad` is: a torn last batch (cut off) or damage
+    /// (an error).
+    fn invalid_frame(
+        self,
+        name: &str,
+        file: &dyn StorageFile,
+        bad: u64,
+        reason: &str,
+    ) -> Result<Option<TruncatedTail>, StorageError> {
+        if !self.is_last {
+            return Err(StorageError::corrupt(
+                name,
+                bad,
+                format!("{reason} (in a sealed segment)"),
+            ));
+        }
+        let mut tail = vec![0u8; (self.len - bad) as usize];
+        read_exact_at(file, &mut tail, bad).map_err(io_error("read", name))?;
+        if let Some(later) = later_batch_frame(&tail, bad) {
+            return Err(StorageError::corrupt(
+                name,
+                bad,
+                format!("{reason}, and a valid frame of a later batch follows at offset {later}"),
+            ));
+        }
+        file.set_len(bad).map_err(io_error("truncate", name))?;
+        file.sync_data().map_err(io_error("fdatasync", name))?;
+        tracing::warn!(
+            file = name,
+            offset = bad,
+            bytes = self.len - bad,
+            reason,
+            "cut off a torn tail"
+        );
+        Ok(Some(TruncatedTail {
+            file: name.to_owned(),
+            offset: bad,
+            bytes: self.len - bad,
+            reason: reason.to_owned(),
+        }))
+    }
+}
+
+/// Looks in `tail` (the bytes from file offset `bad` on) for a valid frame whose batch
+/// started after `bad`. Its existence proves the bytes at `bad` were synced before that
+/// batch was written, so they are damage, not a torn write.
+pub(super) fn later_batch_frame(tail: &[u8], bad: u64) -> Option<u64> {
+    let magic = frame::MAGIC.to_le_bytes();
+    let mut at = 1;
+    while at + frame::HEADER_LEN <= tail.len() {
+        if tail[at..at + 4] != magic {
+            at += 1;
+            continue;
+        }
+        match frame::check(&tail[at..]) {
+            Ok(header) if u64::from(header.batch_offset) > bad => return Some(bad + at as u64),
+            Ok(header) => at += header.length as usize,
+            Err(_) => at += 1,
+        }
+    }
+    None
+}

@@ -1,0 +1,433 @@
+//! Deciding what an append writes: expected revisions, idempotent retries, deletes.
+//!
+//! Runs on the writer thread against the durable index plus an overlay of what earlier
+//! appends of the same batch will write, so that appends in one batch see each other.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::engine::format::{frame, record};
+use crate::engine::index::{Index, Location, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
+use crate::engine::reader;
+use crate::engine::state::Shared;
+use crate::error::{AppendError, InvalidInput, StorageError};
+use crate::event::{ContentType, EventData, Position};
+use crate::metadata::{StreamMetadata, DELETED_TRUNCATE_BEFORE};
+use crate::revision::{CurrentRevision, ExpectedRevision};
+use crate::store::AppendResult;
+use crate::stream;
+
+/// What one part of an append asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartKind {
+    /// Append the events to the stream.
+    Append,
+    /// Soft-delete the stream (write deleted metadata to its metadata stream).
+    SoftDelete,
+    /// Tombstone the stream.
+    Tombstone,
+}
+
+/// One stream's part of an append, as the writer receives it.
+#[derive(Debug)]
+pub struct Part {
+    /// The stream the request names (for deletes: the stream being deleted).
+    pub stream: String,
+    /// What the caller expects of that stream.
+    pub expected: ExpectedRevision,
+    /// The events (empty for deletes).
+    pub events: Vec<EventData>,
+    /// What to do.
+    pub kind: PartKind,
+}
+
+/// An event to encode.
+#[derive(Debug)]
+pub struct PlannedEvent {
+    /// Its stream.
+    pub stream: String,
+    /// Its revision.
+    pub revision: u64,
+    /// Its position.
+    pub position: u64,
+    /// The event.
+    pub event: EventData,
+}
+
+/// What the writer does with an append.
+#[derive(Debug)]
+pub enum Planned {
+    /// An exact retry of an append already recorded: reply with the original result.
+    Retry(Vec<AppendResult>),
+    /// Write these events as one frame, then reply with the results.
+    Write {
+        /// The events, in log order.
+        events: Vec<PlannedEvent>,
+        /// One result per part.
+        results: Vec<AppendResult>,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+struct PendingStream {
+    next_revision: u64,
+    tombstoned: bool,
+    metadata: Option<Arc<StreamMetadata>>,
+    /// Events of this batch not yet durable: (revision, id, position).
+    events: Vec<(u64, Uuid, u64)>,
+}
+
+/// The state of streams as earlier appends of the current batch leave them.
+#[derive(Default)]
+pub struct Overlay {
+    streams: HashMap<String, PendingStream>,
+    ids: HashMap<Uuid, (String, u64)>,
+}
+
+/// A stream's state as the planner sees it.
+struct View {
+    next_revision: u64,
+    tombstoned: bool,
+    deleted: bool,
+    metadata: Option<Arc<StreamMetadata>>,
+}
+
+impl View {
+    fn current(&self) -> CurrentRevision {
+        if self.deleted || self.next_revision == 0 {
+            CurrentRevision::NoStream
+        } else {
+            CurrentRevision::Current(self.next_revision - 1)
+        }
+    }
+}
+
+/// The planner for one batch.
+pub struct Planner<'a> {
+    /// For reading recorded events (idempotency checks).
+    pub shared: &'a Shared,
+    /// The durable index.
+    pub index: &'a Index,
+    /// What earlier appends of the batch write.
+    pub overlay: &'a mut Overlay,
+    /// The largest frame a segment can hold.
+    pub frame_bytes_max: u64,
+}
+
+enum PartOutcome {
+    Retry(AppendResult),
+    New,
+}
+
+impl Planner<'_> {
+    fn view(&self, name: &str) -> View {
+        if let Some(pending) = self.overlay.streams.get(name) {
+            return View {
+                next_revision: pending.next_revision,
+                tombstoned: pending.tombstoned,
+                deleted: pending.metadata.as_ref().is_some_and(|m| m.is_deleted()),
+                metadata: pending.metadata.clone(),
+            };
+        }
+        match self.index.streams.get(name) {
+            Some(entry) => View {
+                next_revision: entry.next_revision(),
+                tombstoned: entry.tombstoned,
+                deleted: entry.is_deleted(),
+                metadata: entry.metadata.clone(),
+            },
+            None => View {
+                next_revision: 0,
+                tombstoned: false,
+                deleted: false,
+                metadata: None,
+            },
+        }
+    }
+
+    fn pending(&mut self, name: &str) -> &mut PendingStream {
+        if !self.overlay.streams.contains_key(name) {
+            let view = self.view(name);
+            self.overlay.streams.insert(
+                name.to_owned(),
+                PendingStream {
+                    next_revision: view.next_revision,
+                    tombstoned: view.tombstoned,
+                    metadata: view.metadata,
+                    events: Vec::new(),
+                },
+            );
+        }
+        self.overlay
+            .streams
+            .get_mut(name)
+            .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+
+    /// The id and position of the event at `revision` of `name`, durable or pending.
+    fn recorded(&self, name: &str, revision: u64) -> Result<Option<(Uuid, u64)>, StorageError> {
+        if let Some(pending) = self.overlay.streams.get(name) {
+            if let Some(&(_, id, position)) = pending.events.iter().find(|e| e.0 == revision) {
+                return Ok(Some((id, position)));
+            }
+        }
+        let location = self
+            .index
+            .streams
+            .get(name)
+            .and_then(|entry| entry.locations.get(revision as usize).copied());
+        match location {
+            Some(location) => Ok(Some(read_id(self.shared, location)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Where an earlier write of `id` to `name` put it, if the window remembers it.
+    fn recent_revision(&self, name: &str, id: &Uuid) -> Result<Option<u64>, StorageError> {
+        if let Some((stream, revision)) = self.overlay.ids.get(id) {
+            return Ok((stream == name).then_some(*revision));
+        }
+        let Some(location) = self.index.recent.get(id) else {
+            return Ok(None);
+        };
+        let event = reader::read_locations(self.shared, &[location])?;
+        Ok(event
+            .first()
+            .filter(|e| e.stream == name && e.id == *id)
+            .map(|e| e.revision))
+    }
+
+    /// Checks one part: an exact retry, a valid new append, or an error.
+    fn check(&self, part: &Part) -> Result<PartOutcome, AppendError> {
+        let view = self.view(&part.stream);
+        if view.tombstoned {
+            return Err(AppendError::StreamDeleted {
+                stream: part.stream.clone(),
+            });
+        }
+        if part.kind == PartKind::Append && !part.events.is_empty() {
+            if let Some(result) = self.retry_of(part, &view)? {
+                return Ok(PartOutcome::Retry(result));
+            }
+        }
+        let current = view.current();
+        let matches = match part.expected {
+            ExpectedRevision::Any => true,
+            ExpectedRevision::NoStream => current == CurrentRevision::NoStream,
+            ExpectedRevision::StreamExists => current != CurrentRevision::NoStream,
+            ExpectedRevision::Exact(revision) => current == CurrentRevision::Current(revision),
+        };
+        if !matches {
+            return Err(AppendError::WrongExpectedRevision {
+                stream: part.stream.clone(),
+                expected: part.expected,
+                actual: current,
+            });
+        }
+        Ok(PartOutcome::New)
+    }
+
+    /// If the part's events are already recorded in its stream in the same order, the
+    /// original result; if only some are, a conflict.
+    fn retry_of(&self, part: &Part, view: &View) -> Result<Option<AppendResult>, AppendError> {
+        let first = &part.events[0];
+        let candidate = match part.expected {
+            ExpectedRevision::Exact(revision) if revision + 1 < view.next_revision => {
+                Some(revision + 1)
+            }
+            ExpectedRevision::NoStream if view.next_revision > 0 => Some(0),
+            _ => None,
+        };
+        let candidate = match candidate {
+            Some(revision)
+                if self.recorded(&part.stream, revision)?.map(|r| r.0) == Some(first.id) =>
+            {
+                Some(revision)
+            }
+            _ => self.recent_revision(&part.stream, &first.id)?,
+        };
+        let Some(start) = candidate else {
+            return Ok(None);
+        };
+        let mut positions = Vec::with_capacity(part.events.len());
+        for (i, event) in part.events.iter().enumerate() {
+            match self.recorded(&part.stream, start + i as u64)? {
+                Some((id, position)) if id == event.id => positions.push(Position(position)),
+                _ => {
+                    return Err(AppendError::IdempotencyConflict {
+                        stream: part.stream.clone(),
+                        event_id: event.id,
+                    })
+                }
+            }
+        }
+        Ok(Some(AppendResult {
+            stream: part.stream.clone(),
+            first_revision: start,
+            current_revision: CurrentRevision::Current(start + positions.len() as u64 - 1),
+            positions,
+        }))
+    }
+
+    /// Plans a whole append (all its parts), starting at log position `next_position`.
+    pub fn plan(&mut self, parts: Vec<Part>, next_position: u64) -> Result<Planned, AppendError> {
+        for (i, part) in parts.iter().enumerate() {
+            if parts[..i].iter().any(|p| p.stream == part.stream) {
+                return Err(InvalidInput::DuplicateStream {
+                    stream: part.stream.clone(),
+                }
+                .into());
+            }
+        }
+        let mut retries = Vec::new();
+        for part in &parts {
+            if let PartOutcome::Retry(result) = self.check(part)? {
+                retries.push(result);
+            }
+        }
+        if !retries.is_empty() {
+            if retries.len() == parts.len() {
+                return Ok(Planned::Retry(retries));
+            }
+            let first = &retries[0];
+            let part = parts.iter().find(|p| p.stream == first.stream);
+            return Err(AppendError::IdempotencyConflict {
+                stream: first.stream.clone(),
+                event_id: part.map(|p| p.events[0].id).unwrap_or_default(),
+            });
+        }
+        let expanded: Vec<_> = parts.into_iter().map(|part| self.expand(part)).collect();
+        let size = frame::HEADER_LEN as u64
+            + expanded
+                .iter()
+                .flat_map(|(_, events)| events)
+                .map(|(name, event)| encoded_len(name, event))
+                .sum::<u64>();
+        if size > self.frame_bytes_max {
+            return Err(InvalidInput::AppendTooLarge {
+                size: size as usize,
+                max: self.frame_bytes_max as usize,
+            }
+            .into());
+        }
+        let mut events = Vec::new();
+        let mut results = Vec::with_capacity(expanded.len());
+        let mut position = next_position;
+        for (stream, to_write) in expanded {
+            let mut first_revision = None;
+            let mut positions = Vec::new();
+            for (name, event) in to_write {
+                if name == stream {
+                    first_revision.get_or_insert(self.pending(&name).next_revision);
+                    positions.push(Position(position));
+                }
+                self.push_event(&name, event, &mut events, &mut position);
+            }
+            let first_revision = first_revision.unwrap_or_else(|| self.view(&stream).next_revision);
+            let current_revision = self.view(&stream).current();
+            results.push(AppendResult {
+                stream,
+                first_revision,
+                positions,
+                current_revision,
+            });
+        }
+        Ok(Planned::Write { events, results })
+    }
+
+    /// The events a part writes, with their streams (deletes and revivals write metadata
+    /// events), and the stream its result describes. Changes nothing.
+    fn expand(&self, part: Part) -> (String, Vec<(String, EventData)>) {
+        let target = part.stream;
+        let view = self.view(&target);
+        let mut metadata = view.metadata.as_deref().cloned().unwrap_or_default();
+        match part.kind {
+            PartKind::Append => {
+                let mut events = Vec::with_capacity(part.events.len() + 1);
+                if view.deleted && !part.events.is_empty() && !stream::is_system(&target) {
+                    // Appending to a soft-deleted stream revives it: the old events stay
+                    // hidden behind a truncate-before at the first new revision.
+                    metadata.truncate_before = Some(view.next_revision);
+                    events.push((stream::metastream(&target), metadata_event(&metadata)));
+                }
+                events.extend(part.events.into_iter().map(|e| (target.clone(), e)));
+                (target, events)
+            }
+            PartKind::SoftDelete => {
+                metadata.truncate_before = Some(DELETED_TRUNCATE_BEFORE);
+                let metastream = stream::metastream(&target);
+                (
+                    metastream.clone(),
+                    vec![(metastream, metadata_event(&metadata))],
+                )
+            }
+            PartKind::Tombstone => {
+                let tombstone =
+                    EventData::new(TOMBSTONE_EVENT_TYPE, Bytes::new(), ContentType::Binary);
+                (target.clone(), vec![(target, tombstone)])
+            }
+        }
+    }
+
+    /// Adds one event to the frame and to the overlay.
+    fn push_event(
+        &mut self,
+        name: &str,
+        event: EventData,
+        events: &mut Vec<PlannedEvent>,
+        position: &mut u64,
+    ) {
+        let pending = self.pending(name);
+        let revision = pending.next_revision;
+        pending.next_revision += 1;
+        pending.events.push((revision, event.id, *position));
+        if event.event_type == TOMBSTONE_EVENT_TYPE && !stream::is_system(name) {
+            pending.tombstoned = true;
+        }
+        if event.event_type == METADATA_EVENT_TYPE {
+            if let Some(target) = stream::metastream_target(name) {
+                if let Ok(metadata) = StreamMetadata::from_slice(&event.data) {
+                    self.pending(target).metadata = Some(Arc::new(metadata));
+                }
+            }
+        }
+        self.overlay
+            .ids
+            .insert(event.id, (name.to_owned(), revision));
+        events.push(PlannedEvent {
+            stream: name.to_owned(),
+            revision,
+            position: *position,
+            event,
+        });
+        *position += 1;
+    }
+}
+
+/// The encoded size of an event's record.
+pub fn encoded_len(stream: &str, event: &EventData) -> u64 {
+    (record::HEADER_LEN
+        + if event.valid_at.is_some() { 8 } else { 0 }
+        + stream.len()
+        + event.event_type.len()
+        + event.data.len()
+        + event.metadata.len()) as u64
+}
+
+/// The event that sets a stream's metadata.
+pub fn metadata_event(metadata: &StreamMetadata) -> EventData {
+    EventData::new(
+        METADATA_EVENT_TYPE,
+        metadata.to_json().to_string().into_bytes(),
+        ContentType::Json,
+    )
+}
+
+fn read_id(shared: &Shared, location: Location) -> Result<(Uuid, u64), StorageError> {
+    let events = reader::read_locations(shared, &[location])?;
+    let event = events.first().ok_or(StorageError::Closed)?;
+    Ok((event.id, event.position.0))
+}

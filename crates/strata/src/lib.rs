@@ -1,0 +1,49 @@
+//! # strata
+//!
+//! An event-sourcing database you embed like SQLite: open a directory, append events to
+//! streams, read them back by stream or in global order, and subscribe to what comes
+//! next.
+//!
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use strata::{EventData, ExpectedRevision, ReadAllOptions, Store};
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path())?;
+//! store.append("order-1", ExpectedRevision::NoStream, vec![EventData::json("Placed", &42)?]).await?;
+//! let all = store.read_all(ReadAllOptions::forwards()).await?;
+//! assert_eq!(all.len(), 1);
+//! # Ok(()) }
+//! ```
+//!
+//! The pieces: [`event`] (what is written and read), [`store`] (the [`EventStore`] trait
+//! and the [`Store`] handle), [`subscription`] (catch-up subscriptions), and [`engine`]
+//! (the embedded storage engine: segments, frames, group commit, recovery).
+
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod filter;
+pub mod limits;
+pub mod metadata;
+pub mod revision;
+pub mod store;
+pub mod stream;
+pub mod subscription;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use engine::{Durability, Engine, OpenReport, Options};
+pub use error::{AppendError, InvalidInput, OpenError, ReadError, StorageError};
+pub use event::{ContentType, EventData, Position, RecordedEvent, Timestamp};
+pub use filter::Filter;
+pub use limits::Limits;
+pub use metadata::StreamMetadata;
+pub use revision::{CurrentRevision, ExpectedRevision};
+pub use store::{
+    AppendRequest, AppendResult, Direction, EventStore, ListStreamsOptions, MetadataResult,
+    ReadAllOptions, ReadStreamOptions, Store, StoreStats, StreamInfo,
+};
+pub use subscription::{SubscribeFrom, Subscription, SubscriptionMessage};

@@ -1,0 +1,480 @@
+//! The [`EventStore`] trait every backend implements, the request and result types it
+//! speaks, and [`Store`], the handle users hold.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::engine::{Engine, Options};
+use crate::error::{AppendError, OpenError, ReadError};
+use crate::event::{EventData, Position, RecordedEvent};
+use crate::filter::Filter;
+use crate::metadata::StreamMetadata;
+use crate::revision::{CurrentRevision, ExpectedRevision};
+use crate::subscription::{SubscribeFrom, Subscription};
+
+/// Which way a read goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Oldest first.
+    #[default]
+    Forwards,
+    /// Newest first.
+    Backwards,
+}
+
+/// What to read from one stream.
+///
+/// ```
+/// use strata::ReadStreamOptions;
+/// let newest_ten = ReadStreamOptions::backwards().limit(10);
+/// let from_five = ReadStreamOptions::forwards().from_revision(5);
+/// # let _ = (newest_ten, from_five);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadStreamOptions {
+    /// Which way to go.
+    pub direction: Direction,
+    /// The first revision to return (inclusive); `None` starts at the beginning
+    /// (forwards) or at the end (backwards).
+    pub from: Option<u64>,
+    /// The most events to return.
+    pub limit: usize,
+}
+
+impl ReadStreamOptions {
+    /// Oldest first, from the start, no limit.
+    pub fn forwards() -> ReadStreamOptions {
+        ReadStreamOptions {
+            direction: Direction::Forwards,
+            from: None,
+            limit: usize::MAX,
+        }
+    }
+
+    /// Newest first, from the end, no limit.
+    pub fn backwards() -> ReadStreamOptions {
+        ReadStreamOptions {
+            direction: Direction::Backwards,
+            ..ReadStreamOptions::forwards()
+        }
+    }
+
+    /// Starts at `revision` (inclusive).
+    pub fn from_revision(mut self, revision: u64) -> ReadStreamOptions {
+        self.from = Some(revision);
+        self
+    }
+
+    /// Returns at most `limit` events.
+    pub fn limit(mut self, limit: usize) -> ReadStreamOptions {
+        self.limit = limit;
+        self
+    }
+}
+
+/// What to read from the global log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadAllOptions {
+    /// Which way to go.
+    pub direction: Direction,
+    /// The first position to return (inclusive); `None` starts at the beginning
+    /// (forwards) or at the end (backwards).
+    pub from: Option<Position>,
+    /// The most events to return (after filtering).
+    pub limit: usize,
+    /// Which events to return.
+    pub filter: Filter,
+}
+
+impl ReadAllOptions {
+    /// Oldest first, from the start, no limit, no filter.
+    pub fn forwards() -> ReadAllOptions {
+        ReadAllOptions {
+            direction: Direction::Forwards,
+            from: None,
+            limit: usize::MAX,
+            filter: Filter::new(),
+        }
+    }
+
+    /// Newest first, from the end, no limit, no filter.
+    pub fn backwards() -> ReadAllOptions {
+        ReadAllOptions {
+            direction: Direction::Backwards,
+            ..ReadAllOptions::forwards()
+        }
+    }
+
+    /// Starts at `position` (inclusive).
+    pub fn from_position(mut self, position: Position) -> ReadAllOptions {
+        self.from = Some(position);
+        self
+    }
+
+    /// Returns at most `limit` events.
+    pub fn limit(mut self, limit: usize) -> ReadAllOptions {
+        self.limit = limit;
+        self
+    }
+
+    /// Returns only events that pass `filter`.
+    pub fn filter(mut self, filter: Filter) -> ReadAllOptions {
+        self.filter = filter;
+        self
+    }
+}
+
+/// One stream's part of an append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// The stream.
+    pub stream: String,
+    /// What the writer expects of it.
+    pub expected: ExpectedRevision,
+    /// The events, in order.
+    pub events: Vec<EventData>,
+}
+
+impl AppendRequest {
+    /// A request to append `events` to `stream`.
+    pub fn new(
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+        events: Vec<EventData>,
+    ) -> AppendRequest {
+        AppendRequest {
+            stream: stream.into(),
+            expected,
+            events,
+        }
+    }
+}
+
+/// Where an append's events were recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResult {
+    /// The stream.
+    pub stream: String,
+    /// Revision of the first event of the append (the stream's next revision if the
+    /// append held no events).
+    pub first_revision: u64,
+    /// Global position of each event, in order: event `i` has revision
+    /// `first_revision + i`.
+    pub positions: Vec<Position>,
+    /// The stream's revision after the append: pass it as
+    /// [`ExpectedRevision::Exact`] to append again without a conflict.
+    pub current_revision: CurrentRevision,
+}
+
+impl AppendResult {
+    /// Position of the append's last event, if it had any.
+    pub fn last_position(&self) -> Option<Position> {
+        self.positions.last().copied()
+    }
+}
+
+/// A stream's summary, as listed by [`EventStore::list_streams`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    /// The stream's name.
+    pub name: String,
+    /// Revision of its last event.
+    pub last_revision: u64,
+    /// Number of events visible under its metadata.
+    pub visible_events: u64,
+}
+
+/// Which streams to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListStreamsOptions {
+    /// Only names starting with this.
+    pub prefix: Option<String>,
+    /// Only names sorting after this (to page through a long list).
+    pub after: Option<String>,
+    /// The most names to return (`None`: all).
+    pub limit: Option<usize>,
+    /// Also list system streams (metadata streams `$$…`).
+    pub include_system: bool,
+}
+
+/// A stream's metadata and the revision of the metadata stream it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetadataResult {
+    /// The metadata (default if none was ever set).
+    pub metadata: StreamMetadata,
+    /// Revision of the metadata stream's last event (to pass as the expected revision of
+    /// the next metadata write).
+    pub revision: CurrentRevision,
+}
+
+/// Counts and sizes, as shown by `strata stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    /// Events in the global log (system events included).
+    pub events: u64,
+    /// Streams with at least one event (metadata streams included).
+    pub streams: u64,
+    /// Position of the last event, if any.
+    pub head: Option<Position>,
+    /// Bytes the backend uses on disk.
+    pub disk_bytes: u64,
+    /// Segment files (embedded engine only; 0 elsewhere).
+    pub segments: u64,
+    /// Which backend answered (`embedded`, `postgres`).
+    pub backend: String,
+}
+
+/// What every backend implements: the event log's operations.
+///
+/// Written once against this trait, the conformance suite
+/// (`strata::conformance`, feature `conformance`) checks every backend.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends to several streams at once: all or nothing. Each request is checked
+    /// against its own expected revision; one failure writes nothing. A request whose
+    /// event ids were already recorded in its stream, in the same order, is an exact retry
+    /// and returns the original result.
+    async fn append_multi(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<AppendResult>, AppendError>;
+
+    /// Reads one stream, honouring its metadata (truncate-before, max count, max age).
+    async fn read_stream(
+        &self,
+        stream: &str,
+        options: ReadStreamOptions,
+    ) -> Result<Vec<RecordedEvent>, ReadError>;
+
+    /// Reads the global log, filtered. Metadata rules of streams do not hide events
+    /// here (as in KurrentDB); scavenging removes them later.
+    async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, ReadError>;
+
+    /// Lists streams that have events and are not deleted, sorted by name.
+    async fn list_streams(&self, options: ListStreamsOptions)
+        -> Result<Vec<StreamInfo>, ReadError>;
+
+    /// Soft-deletes a stream: it reads as not found until it is appended to again, and
+    /// then continues its revisions. `expected` applies to the stream itself.
+    async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+    ) -> Result<Position, AppendError>;
+
+    /// Tombstones a stream: it can never be read or written again.
+    async fn tombstone_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+    ) -> Result<Position, AppendError>;
+
+    /// The position of the last event every reader can see, updated as the log grows.
+    /// No event will ever appear at or below a published head later.
+    fn watch_head(&self) -> watch::Receiver<Option<Position>>;
+
+    /// Counts and sizes.
+    async fn stats(&self) -> Result<StoreStats, ReadError>;
+}
+
+/// A handle to an event store: the embedded engine by default, or any [`EventStore`].
+///
+/// Cheap to clone; all clones share one store. Dropping the last handle closes it.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use strata::{EventData, ExpectedRevision, ReadStreamOptions, Store};
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path())?;
+/// let event = EventData::json("Deposited", &serde_json::json!({ "amount": 10 }))?;
+/// store.append("account-1", ExpectedRevision::NoStream, vec![event]).await?;
+/// let events = store.read_stream("account-1", ReadStreamOptions::forwards()).await?;
+/// assert_eq!(events[0].event_type, "Deposited");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn EventStore>,
+    embedded: Option<Arc<Engine>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("embedded", &self.embedded.is_some())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the embedded store in directory `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, OpenError> {
+        Store::open_with(path, Options::default())
+    }
+
+    /// Opens (or creates) the embedded store in directory `path`.
+    pub fn open_with(path: impl AsRef<Path>, options: Options) -> Result<Store, OpenError> {
+        Ok(Store::from_engine(Engine::open(path, options)?))
+    }
+
+    /// Wraps an opened embedded engine.
+    pub fn from_engine(engine: Engine) -> Store {
+        let engine = Arc::new(engine);
+        Store {
+            backend: engine.clone(),
+            embedded: Some(engine),
+        }
+    }
+
+    /// Wraps any backend.
+    pub fn from_backend(backend: Arc<dyn EventStore>) -> Store {
+        Store {
+            backend,
+            embedded: None,
+        }
+    }
+
+    /// The backend, for calls this handle does not wrap.
+    pub fn backend(&self) -> &Arc<dyn EventStore> {
+        &self.backend
+    }
+
+    /// The embedded engine, if this store is embedded (for its open report, `verify`, …).
+    pub fn embedded(&self) -> Option<&Engine> {
+        self.embedded.as_deref()
+    }
+
+    /// Appends `events` to `stream` if it is in the `expected` state.
+    pub async fn append(
+        &self,
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult, AppendError> {
+        let request = AppendRequest::new(stream, expected, events);
+        let mut results = self.backend.append_multi(vec![request]).await?;
+        Ok(results.swap_remove(0))
+    }
+
+    /// Appends to several streams at once: all or nothing.
+    pub async fn append_multi(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<AppendResult>, AppendError> {
+        self.backend.append_multi(requests).await
+    }
+
+    /// Reads one stream.
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        options: ReadStreamOptions,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        self.backend.read_stream(stream, options).await
+    }
+
+    /// Reads the global log.
+    pub async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, ReadError> {
+        self.backend.read_all(options).await
+    }
+
+    /// Lists streams.
+    pub async fn list_streams(
+        &self,
+        options: ListStreamsOptions,
+    ) -> Result<Vec<StreamInfo>, ReadError> {
+        self.backend.list_streams(options).await
+    }
+
+    /// A stream's metadata (the default if none was set).
+    pub async fn stream_metadata(&self, stream: &str) -> Result<MetadataResult, ReadError> {
+        let metastream = crate::stream::metastream(stream);
+        let options = ReadStreamOptions::backwards().limit(1);
+        match self.backend.read_stream(&metastream, options).await {
+            Ok(events) => match events.first() {
+                Some(event) => Ok(MetadataResult {
+                    metadata: StreamMetadata::from_slice(&event.data)?,
+                    revision: CurrentRevision::Current(event.revision),
+                }),
+                None => Ok(MetadataResult {
+                    metadata: StreamMetadata::default(),
+                    revision: CurrentRevision::NoStream,
+                }),
+            },
+            Err(ReadError::StreamNotFound { .. }) => Ok(MetadataResult {
+                metadata: StreamMetadata::default(),
+                revision: CurrentRevision::NoStream,
+            }),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Replaces a stream's metadata. `expected` applies to the metadata stream.
+    pub async fn set_stream_metadata(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        metadata: &StreamMetadata,
+    ) -> Result<AppendResult, AppendError> {
+        let event = crate::engine::metadata_event(metadata);
+        self.append(crate::stream::metastream(stream), expected, vec![event])
+            .await
+    }
+
+    /// Soft-deletes a stream.
+    pub async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+    ) -> Result<Position, AppendError> {
+        self.backend.delete_stream(stream, expected).await
+    }
+
+    /// Tombstones a stream.
+    pub async fn tombstone_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+    ) -> Result<Position, AppendError> {
+        self.backend.tombstone_stream(stream, expected).await
+    }
+
+    /// The position of the last event, if any.
+    pub fn head(&self) -> Option<Position> {
+        *self.backend.watch_head().borrow()
+    }
+
+    /// Counts and sizes.
+    pub async fn stats(&self) -> Result<StoreStats, ReadError> {
+        self.backend.stats().await
+    }
+
+    /// Subscribes to the global log: history from `from`, then live events, filtered.
+    pub fn subscribe_all(&self, from: SubscribeFrom<Position>, filter: Filter) -> Subscription {
+        Subscription::all(self.backend.clone(), from, filter)
+    }
+
+    /// Subscribes to one stream: history after `from`, then live events.
+    pub fn subscribe_stream(&self, stream: &str, from: SubscribeFrom<u64>) -> Subscription {
+        Subscription::stream(self.backend.clone(), stream, from)
+    }
+
+    /// Waits until every handle's pending appends are done, writes the index checkpoint
+    /// and releases the store's lock, if this is the last handle of an embedded store.
+    /// Other handles keep the store open.
+    pub async fn close(self) -> Result<(), crate::error::StorageError> {
+        let Store { backend, embedded } = self;
+        drop(backend);
+        match embedded.and_then(|engine| Arc::try_unwrap(engine).ok()) {
+            Some(engine) => tokio::task::spawn_blocking(move || engine.close())
+                .await
+                .unwrap_or(Err(crate::error::StorageError::Closed)),
+            None => Ok(()),
+        }
+    }
+}

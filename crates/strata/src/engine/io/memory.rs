@@ -179,7 +179,7 @@ fn survivor(state: &FileState, mode: CrashMode, rng: &mut Rng) -> Vec<u8> {
             let mut tail = vec![0u8; unsynced.len()];
             let mut last_kept = 0;
             for (i, sector) in unsynced.chunks(512).enumerate() {
-                if rng.next() % 2 == 0 {
+                if rng.next().is_multiple_of(2) {
                     tail[i * 512..i * 512 + sector.len()].copy_from_slice(sector);
                     last_kept = i * 512 + sector.len();
                 }

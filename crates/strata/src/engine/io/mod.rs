@@ -37,6 +37,7 @@ pub trait Storage: Send + Sync + Debug {
 }
 
 /// One file, read and written at explicit offsets.
+#[allow(clippy::len_without_is_empty)] // a file's length is a size, not a collection's
 pub trait StorageFile: Send + Sync + Debug {
     /// Reads up to `buf.len()` bytes at `offset`; returns fewer only at the end of the file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;

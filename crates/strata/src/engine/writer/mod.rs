@@ -58,6 +58,9 @@ impl Command {
     }
 }
 
+/// Where the outcome of an append goes.
+type Reply = oneshot::Sender<Result<Vec<AppendResult>, AppendError>>;
+
 /// Bytes written to one segment in a batch, kept to update the index once durable.
 struct Written {
     segment: u32,
@@ -173,10 +176,7 @@ impl Writer {
     /// Plans, writes, syncs and publishes one batch of appends, then answers them.
     fn append_batch(
         &mut self,
-        appends: Vec<(
-            Vec<Part>,
-            oneshot::Sender<Result<Vec<AppendResult>, AppendError>>,
-        )>,
+        appends: Vec<(Vec<Part>, Reply)>,
     ) {
         if let Some(error) = self.shared.poison_error() {
             for (_, reply) in appends {
@@ -204,15 +204,11 @@ impl Writer {
     }
 
     /// Plans and encodes the batch, writes it and syncs. Returns what was written.
-    #[allow(clippy::type_complexity)]
     fn write_batch(
         &mut self,
-        appends: Vec<(
-            Vec<Part>,
-            oneshot::Sender<Result<Vec<AppendResult>, AppendError>>,
-        )>,
+        appends: Vec<(Vec<Part>, Reply)>,
         outcomes: &mut Vec<Result<Vec<AppendResult>, AppendError>>,
-        replies: &mut Vec<oneshot::Sender<Result<Vec<AppendResult>, AppendError>>>,
+        replies: &mut Vec<Reply>,
     ) -> Result<BatchOutput, StorageError> {
         let shared = self.shared.clone();
         let index = shared.index();

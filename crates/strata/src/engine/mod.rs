@@ -351,7 +351,8 @@ impl EventStore for Engine {
 
     async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, ReadError> {
         let shared = self.shared.clone();
-        let large = options.limit > INLINE_READ_EVENTS_MAX;
+        // A filtered read may scan far more events than it returns: never inline.
+        let large = options.limit > INLINE_READ_EVENTS_MAX || !options.filter.is_empty();
         run_read(large, move || read_all_on(&shared, &options)).await
     }
 

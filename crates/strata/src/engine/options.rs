@@ -25,7 +25,8 @@ pub struct Options {
     pub segment_size_bytes: u32,
     /// When appends are acknowledged.
     pub durability: Durability,
-    /// How many recent event ids are remembered for idempotent retries of appends with
+    /// How many recent appends (by the id of their first event) are remembered for
+    /// idempotent retries of appends with
     /// `any` or `stream_exists` (retries with an exact revision are checked against the
     /// stream itself, with no window).
     pub recent_ids_max: usize,

@@ -401,10 +401,13 @@ impl Scan<'_> {
     ) -> Result<(), StorageError> {
         let offsets = frame::record_offsets(bytes, header)
             .map_err(|_| StorageError::corrupt(name, offset, "frame records do not add up"))?;
+        let mut previous_stream: Option<&str> = None;
         for (i, &at) in offsets.iter().enumerate() {
             let record_offset = offset + at as u64;
             let view = record::decode(bytes, at, false)
                 .map_err(|reason| StorageError::corrupt(name, record_offset, reason))?;
+            let starts_append = previous_stream != Some(view.stream);
+            previous_stream = Some(view.stream);
             if view.position != header.first_position + i as u64 {
                 return Err(StorageError::corrupt(
                     name,
@@ -419,6 +422,7 @@ impl Scan<'_> {
                 id: view.id,
                 location: Location::new(self.info.number, record_offset as u32),
                 data: &bytes[view.data.clone()],
+                starts_append,
             };
             self.index
                 .apply(&event)

@@ -1,5 +1,5 @@
 //! The in-memory indexes: stream → event locations, stream metadata, and a window of
-//! recently written event ids for idempotent retries.
+//! recently written appends (by their first event id) for idempotent retries.
 //!
 //! All of it is derived from the log: [`Index::apply`] is the one place that turns a
 //! recorded event into index state, used both by the writer after a durable batch and by
@@ -95,6 +95,9 @@ pub struct IndexedEvent<'a> {
     pub location: Location,
     /// Its data (read only for metadata events).
     pub data: &'a [u8],
+    /// Whether it starts a run of its stream's events in its frame (the first event of an
+    /// append, where a retry is looked up by id).
+    pub starts_append: bool,
 }
 
 /// The log and the index disagree: a bug or damage that a checksum did not catch.
@@ -102,7 +105,7 @@ pub struct IndexedEvent<'a> {
 pub struct Inconsistent(pub String);
 
 impl Index {
-    /// An empty index keeping up to `recent_ids_max` recent event ids.
+    /// An empty index remembering the first event ids of up to `recent_ids_max` appends.
     pub fn new(recent_ids_max: usize) -> Index {
         Index {
             streams: HashMap::new(),
@@ -131,7 +134,9 @@ impl Index {
             entry.tombstoned = true;
         }
         self.events += 1;
-        self.recent.insert(event.id, event.location);
+        if event.starts_append {
+            self.recent.insert(event.id, event.location);
+        }
         if event.event_type == METADATA_EVENT_TYPE {
             if let Some(target) = stream::metastream_target(event.stream) {
                 // Metadata was validated when written; an unreadable one (impossible
@@ -166,6 +171,7 @@ mod tests {
             id: Uuid::new_v4(),
             location: Location::new(1, 64 + revision as u32),
             data,
+            starts_append: true,
         }
     }
 

@@ -256,7 +256,10 @@ impl MemoryFile {
     /// the flag before it copies any file, so a sync either completes before the copy
     /// (and survives) or fails (and is never acknowledged).
     fn state(&self) -> io::Result<MutexGuard<'_, FileState>> {
-        let state = self.state.lock().unwrap_or_else(|poison| poison.into_inner());
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if self.crashed.load(Ordering::SeqCst) {
             return Err(crashed_error());
         }

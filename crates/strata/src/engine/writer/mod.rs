@@ -174,10 +174,7 @@ impl Writer {
     }
 
     /// Plans, writes, syncs and publishes one batch of appends, then answers them.
-    fn append_batch(
-        &mut self,
-        appends: Vec<(Vec<Part>, Reply)>,
-    ) {
+    fn append_batch(&mut self, appends: Vec<(Vec<Part>, Reply)>) {
         if let Some(error) = self.shared.poison_error() {
             for (_, reply) in appends {
                 let _ = reply.send(Err(error.clone().into()));
@@ -371,7 +368,12 @@ impl Writer {
             };
             let name = segment::file_name(chunk.segment);
             let mut failure = None;
+            let mut previous_stream: Option<String> = None;
             let _complete = found.for_each_record(&name, |view, record_offset| {
+                let starts_append = previous_stream.as_deref() != Some(view.stream);
+                if starts_append {
+                    previous_stream = Some(view.stream.to_owned());
+                }
                 let event = IndexedEvent {
                     stream: view.stream,
                     revision: view.revision,
@@ -379,6 +381,7 @@ impl Writer {
                     id: view.id,
                     location: Location::new(chunk.segment, record_offset as u32),
                     data: &chunk.bytes[view.data.clone()],
+                    starts_append,
                 };
                 match index.apply(&event) {
                     Ok(()) => ControlFlow::Continue(()),

@@ -838,6 +838,43 @@ pub async fn invalid_input_is_rejected(h: &Harness) {
             .await,
         "too many events",
     );
+    let long_type = "T".repeat(limits.event_type_bytes_max + 1);
+    check(
+        store
+            .append(
+                &stream,
+                ExpectedRevision::Any,
+                vec![EventData::binary(long_type, vec![])],
+            )
+            .await,
+        "long type",
+    );
+    let each = limits.event_size_bytes_max - 64;
+    let count = limits.append_size_bytes_max / each + 1;
+    let large: Vec<_> = (0..count)
+        .map(|_| EventData::binary("Big", vec![7u8; each]))
+        .collect();
+    match store.append(&stream, ExpectedRevision::Any, large).await {
+        Err(AppendError::Invalid(InvalidInput::AppendTooLarge { max, .. })) => {
+            assert_eq!(max, limits.append_size_bytes_max)
+        }
+        other => panic!("expected AppendTooLarge, got {other:?}"),
+    }
+    let parts: Vec<_> = (0..=limits.append_streams_max)
+        .map(|i| AppendRequest::new(format!("{stream}-{i}"), ExpectedRevision::Any, events(1)))
+        .collect();
+    match store.append_multi(parts).await {
+        Err(AppendError::Invalid(InvalidInput::TooManyStreams { max, .. })) => {
+            assert_eq!(max, limits.append_streams_max)
+        }
+        other => panic!("expected TooManyStreams, got {other:?}"),
+    }
+    assert!(matches!(
+        store
+            .delete_stream("$reserved", ExpectedRevision::Any)
+            .await,
+        Err(AppendError::Invalid(_))
+    ));
     assert!(matches!(
         store
             .read_stream(&stream, ReadStreamOptions::forwards())
@@ -847,7 +884,12 @@ pub async fn invalid_input_is_rejected(h: &Harness) {
     assert!(matches!(
         store.read_stream("", ReadStreamOptions::forwards()).await,
         Err(ReadError::Invalid(_))
-    ));
+    )); // The largest allowed event is accepted.
+    let largest = EventData::binary("Big", vec![1u8; limits.event_size_bytes_max - 3]);
+    store
+        .append(&stream, ExpectedRevision::Any, vec![largest])
+        .await
+        .unwrap();
 }
 
 pub async fn stream_subscription_catches_up_then_goes_live(h: &Harness) {

@@ -191,3 +191,45 @@ async fn concurrent_appends_waiting_on_a_failed_sync_all_fail() {
     }
     assert_eq!(everything(&store).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_retry_after_a_crash_returns_the_original_positions() {
+    // The append reached the disk, but the process died before the caller saw the
+    // acknowledgement: the caller retries with the same ids after the restart.
+    for expected in [
+        ExpectedRevision::Any,
+        ExpectedRevision::NoStream,
+        ExpectedRevision::StreamExists,
+    ] {
+        let memory = MemoryStorage::new();
+        let store = open(Arc::new(memory.clone()));
+        store
+            .append("other", ExpectedRevision::Any, events(5))
+            .await
+            .unwrap();
+        if expected == ExpectedRevision::StreamExists {
+            store
+                .append("order-1", ExpectedRevision::Any, events(1))
+                .await
+                .unwrap();
+        }
+        let batch = events(3);
+        let original = store
+            .append("order-1", expected, batch.clone())
+            .await
+            .unwrap();
+        store
+            .append("other", ExpectedRevision::Any, events(5))
+            .await
+            .unwrap();
+        let restarted = memory.crash(CrashMode::DropUnsynced);
+        drop(store);
+        let store = open(Arc::new(restarted));
+        let retry = store.append("order-1", expected, batch).await.unwrap();
+        assert_eq!(retry, original, "{expected:?}");
+        assert_eq!(
+            everything(&store).await.len(),
+            13 + usize::from(expected == ExpectedRevision::StreamExists)
+        );
+    }
+}

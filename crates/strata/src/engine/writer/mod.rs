@@ -216,8 +216,11 @@ impl Writer {
         let mut batch_offset = self.tail.end_offset;
         let mut next_position = self.tail.end_position;
         let capacity = u64::from(shared.options.segment_size_bytes);
-        for (parts, reply) in appends {
-            replies.push(reply);
+        // Every reply is kept before anything can fail, so that a failure answers every
+        // append of the batch with the error, not with a dropped channel.
+        let (all_parts, all_replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
+        replies.extend(all_replies);
+        for parts in all_parts {
             let mut planner = Planner {
                 shared: &shared,
                 index: &index,

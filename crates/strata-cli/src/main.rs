@@ -1,1 +1,116 @@
-fn main() {}
+//! `strata`: the command line of the strata event store.
+//!
+//! Appends and reads events, follows the log live, checks and copies a store, and (later)
+//! serves it over the network. Every subcommand works on the store in `--data DIR`.
+
+mod bench;
+mod commands;
+mod error;
+mod input;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::bench::BenchArgs;
+use crate::commands::append::AppendArgs;
+use crate::commands::export::ExportArgs;
+use crate::commands::import::ImportArgs;
+use crate::commands::read::ReadArgs;
+use crate::commands::serve::ServeArgs;
+use crate::commands::stats::StatsArgs;
+use crate::commands::streams::StreamsArgs;
+use crate::commands::tail::TailArgs;
+use crate::commands::verify::VerifyArgs;
+use crate::error::CliError;
+
+/// The strata event store: append events to streams, read them back, follow them live.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, propagate_version = true)]
+#[command(after_help = "The global log is named '$all' (quote it in a shell). \
+Exit codes: 0 success, 1 error, 2 damage found by `verify` or a command not built yet.")]
+pub struct Cli {
+    /// The store's directory.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "STRATA_DATA",
+        default_value = "./strata-data"
+    )]
+    pub data: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Append events to a stream, from arguments or JSON lines; prints their revisions
+    /// and positions as JSON.
+    Append(AppendArgs),
+    /// Print the events of a stream, or of the global log ('$all') with filters.
+    Read(ReadArgs),
+    /// Follow a stream or '$all' live, printing events as they are recorded (Ctrl-C
+    /// stops).
+    Tail(TailArgs),
+    /// List the streams.
+    Streams(StreamsArgs),
+    /// Show counts and sizes: events, streams, head position, disk size, segments.
+    Stats(StatsArgs),
+    /// Check every checksum of the log (works while another process has the store
+    /// open); exit code 2 if damage is found.
+    Verify(VerifyArgs),
+    /// Write the whole global log as JSON lines (for backups and copies).
+    Export(ExportArgs),
+    /// Replay JSON lines written by `export` into a store; safe to run again.
+    Import(ImportArgs),
+    /// Measure append and read throughput.
+    Bench(BenchArgs),
+    /// Serve the store over gRPC and HTTP (not built yet).
+    Serve(ServeArgs),
+}
+
+/// Runs one subcommand.
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let data = cli.data.as_path();
+    match cli.command {
+        Command::Append(args) => commands::append::run(data, args).await,
+        Command::Read(args) => commands::read::run(data, args).await,
+        Command::Tail(args) => commands::tail::run(data, args).await,
+        Command::Streams(args) => commands::streams::run(data, args).await,
+        Command::Stats(args) => commands::stats::run(data, args).await,
+        Command::Verify(args) => commands::verify::run(data, args).await,
+        Command::Export(args) => commands::export::run(data, args).await,
+        Command::Import(args) => commands::import::run(data, args).await,
+        Command::Bench(args) => bench::run(data, args).await,
+        Command::Serve(args) => commands::serve::run(data, args).await,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`strata read … | head`): not an error.
+        Err(error) if error.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

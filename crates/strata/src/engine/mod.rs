@@ -106,8 +106,15 @@ impl Engine {
             checkpoint::write(&*shared.storage, &bytes)
                 .map_err(|e| StorageError::io("write", checkpoint::FILE_NAME, e))?;
         }
+        // recorded_at never goes backwards along the log, even if the clock does: start
+        // from the last recorded event (the scan may have started after it).
+        let last = reader::read_all_backwards(&shared, None, 1, &crate::Filter::new())?;
+        let last_recorded_at = last
+            .first()
+            .map_or(0, |event| event.recorded_at.as_micros())
+            .max(recovered.last_recorded_at);
         let (queue, receiver) = mpsc::channel(write_queue_max);
-        let writer = Writer::new(shared.clone(), recovered.last_recorded_at);
+        let writer = Writer::new(shared.clone(), last_recorded_at);
         let handle = std::thread::Builder::new()
             .name("strata-writer".into())
             .spawn(move || writer.run(receiver))

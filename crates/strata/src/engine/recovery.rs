@@ -18,7 +18,7 @@ use std::sync::Arc;
 use super::format::segment::{self, SegmentHeader};
 use super::format::{frame, record};
 use super::index::checkpoint::{self, Checkpoint};
-use super::index::{Index, IndexedEvent, Location};
+use super::index::{Index, IndexedRun, Location, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use super::io::{read_exact_at, read_full_at, Storage, StorageFile};
 use super::options::Options;
 use super::state::{SegmentInfo, Segments};
@@ -325,6 +325,16 @@ fn from_checkpoint(checkpoint: Checkpoint, opened: &mut [Opened]) -> (Segments, 
     (segments, checkpoint.index, resume)
 }
 
+/// A run of one stream's events being collected from a frame.
+struct RunBuilder<'a> {
+    stream: &'a str,
+    first_revision: u64,
+    first_id: uuid::Uuid,
+    offset: u64,
+    tombstone: bool,
+    metadata: Option<&'a [u8]>,
+}
+
 /// The scan of one segment.
 struct Scan<'a> {
     info: &'a mut SegmentInfo,
@@ -401,13 +411,12 @@ impl Scan<'_> {
     ) -> Result<(), StorageError> {
         let offsets = frame::record_offsets(bytes, header)
             .map_err(|_| StorageError::corrupt(name, offset, "frame records do not add up"))?;
-        let mut previous_stream: Option<&str> = None;
+        let mut run: Option<RunBuilder<'_>> = None;
+        let mut locations = Vec::new();
         for (i, &at) in offsets.iter().enumerate() {
             let record_offset = offset + at as u64;
             let view = record::decode(bytes, at, false)
                 .map_err(|reason| StorageError::corrupt(name, record_offset, reason))?;
-            let starts_append = previous_stream != Some(view.stream);
-            previous_stream = Some(view.stream);
             if view.position != header.first_position + i as u64 {
                 return Err(StorageError::corrupt(
                     name,
@@ -415,19 +424,35 @@ impl Scan<'_> {
                     "record position out of sequence",
                 ));
             }
-            let event = IndexedEvent {
-                stream: view.stream,
-                revision: view.revision,
-                event_type: view.event_type,
-                id: view.id,
-                location: Location::new(self.info.number, record_offset as u32),
-                data: &bytes[view.data.clone()],
-                starts_append,
-            };
-            self.index
-                .apply(&event)
-                .map_err(|e| StorageError::corrupt(name, record_offset, e.0))?;
+            let continues = run.as_ref().is_some_and(|r| {
+                r.stream == view.stream
+                    && r.first_revision + locations.len() as u64 == view.revision
+            });
+            if !continues {
+                if let Some(done) = run.take() {
+                    self.apply_run(name, &done, &locations)?;
+                }
+                locations.clear();
+                run = Some(RunBuilder {
+                    stream: view.stream,
+                    first_revision: view.revision,
+                    first_id: view.id,
+                    offset: record_offset,
+                    tombstone: false,
+                    metadata: None,
+                });
+            }
+            if let Some(current) = run.as_mut() {
+                current.tombstone |= view.event_type == TOMBSTONE_EVENT_TYPE;
+                if view.event_type == METADATA_EVENT_TYPE {
+                    current.metadata = Some(&bytes[view.data.clone()]);
+                }
+            }
+            locations.push(Location::new(self.info.number, record_offset as u32));
             *self.last_recorded_at = (*self.last_recorded_at).max(view.recorded_at.as_micros());
+        }
+        if let Some(done) = run.take() {
+            self.apply_run(name, &done, &locations)?;
         }
         *self.scanned += offsets.len() as u64;
         self.info.add_frame(
@@ -437,6 +462,25 @@ impl Scan<'_> {
             header.length,
         );
         Ok(())
+    }
+
+    fn apply_run(
+        &mut self,
+        name: &str,
+        run: &RunBuilder<'_>,
+        locations: &[Location],
+    ) -> Result<(), StorageError> {
+        let indexed = IndexedRun {
+            stream: run.stream,
+            first_revision: run.first_revision,
+            locations,
+            first_id: run.first_id,
+            tombstone: run.tombstone,
+            metadata: run.metadata,
+        };
+        self.index
+            .apply(&indexed)
+            .map_err(|e| StorageError::corrupt(name, run.offset, e.0))
     }
 
     /// Decides what an invalid frame at `bad` is: a torn last batch (cut off) or damage

@@ -80,24 +80,22 @@ pub struct Index {
     pub events: u64,
 }
 
-/// An event as the index sees it.
+/// Consecutive events of one stream in one frame, as the index sees them. An append
+/// writes one run per stream (two when it revives a soft-deleted stream).
 #[derive(Clone, Copy, Debug)]
-pub struct IndexedEvent<'a> {
-    /// Its stream.
+pub struct IndexedRun<'a> {
+    /// Their stream.
     pub stream: &'a str,
-    /// Its revision.
-    pub revision: u64,
-    /// Its type.
-    pub event_type: &'a str,
-    /// Its id.
-    pub id: Uuid,
-    /// Its location.
-    pub location: Location,
-    /// Its data (read only for metadata events).
-    pub data: &'a [u8],
-    /// Whether it starts a run of its stream's events in its frame (the first event of an
-    /// append, where a retry is looked up by id).
-    pub starts_append: bool,
+    /// Revision of the first.
+    pub first_revision: u64,
+    /// Location of each.
+    pub locations: &'a [Location],
+    /// Id of the first (where a retry of the append is looked up).
+    pub first_id: Uuid,
+    /// Whether the run holds a tombstone.
+    pub tombstone: bool,
+    /// Data of the run's last metadata event, for a metadata stream.
+    pub metadata: Option<&'a [u8]>,
 }
 
 /// The log and the index disagree: a bug or damage that a checksum did not catch.
@@ -114,40 +112,39 @@ impl Index {
         }
     }
 
-    /// Records one event. Events must be applied in log order.
-    pub fn apply(&mut self, event: &IndexedEvent<'_>) -> Result<(), Inconsistent> {
-        let entry = match self.streams.get_mut(event.stream) {
-            Some(entry) => entry,
-            None => self.streams.entry(event.stream.into()).or_default(),
+    /// Records a run of events. Runs must be applied in log order.
+    pub fn apply(&mut self, run: &IndexedRun<'_>) -> Result<(), Inconsistent> {
+        let Some(&first_location) = run.locations.first() else {
+            return Ok(());
         };
-        if event.revision != entry.next_revision() {
+        let entry = match self.streams.get_mut(run.stream) {
+            Some(entry) => entry,
+            None => self.streams.entry(run.stream.into()).or_default(),
+        };
+        if run.first_revision != entry.next_revision() {
             return Err(Inconsistent(format!(
                 "event {} of stream {:?} has revision {}, expected {}",
-                event.id,
-                event.stream,
-                event.revision,
+                run.first_id,
+                run.stream,
+                run.first_revision,
                 entry.next_revision()
             )));
         }
-        entry.locations.push(event.location);
-        if event.event_type == TOMBSTONE_EVENT_TYPE && !stream::is_system(event.stream) {
+        entry.locations.extend_from_slice(run.locations);
+        if run.tombstone && !stream::is_system(run.stream) {
             entry.tombstoned = true;
         }
-        self.events += 1;
-        if event.starts_append {
-            self.recent.insert(event.id, event.location);
-        }
-        if event.event_type == METADATA_EVENT_TYPE {
-            if let Some(target) = stream::metastream_target(event.stream) {
-                // Metadata was validated when written; an unreadable one (impossible
-                // without damage the checksums would catch) leaves the old metadata.
-                if let Ok(metadata) = StreamMetadata::from_slice(event.data) {
-                    let target = match self.streams.get_mut(target) {
-                        Some(entry) => entry,
-                        None => self.streams.entry(target.into()).or_default(),
-                    };
-                    target.metadata = Some(Arc::new(metadata));
-                }
+        self.events += run.locations.len() as u64;
+        self.recent.insert(run.first_id, first_location);
+        if let (Some(data), Some(target)) = (run.metadata, stream::metastream_target(run.stream)) {
+            // Metadata was validated when written; an unreadable one (impossible
+            // without damage the checksums would catch) leaves the old metadata.
+            if let Ok(metadata) = StreamMetadata::from_slice(data) {
+                let target = match self.streams.get_mut(target) {
+                    Some(entry) => entry,
+                    None => self.streams.entry(target.into()).or_default(),
+                };
+                target.metadata = Some(Arc::new(metadata));
             }
         }
         Ok(())
@@ -158,34 +155,31 @@ impl Index {
 mod tests {
     use super::*;
 
-    fn event<'a>(
-        stream: &'a str,
-        revision: u64,
-        event_type: &'a str,
-        data: &'a [u8],
-    ) -> IndexedEvent<'a> {
-        IndexedEvent {
+    fn run<'a>(stream: &'a str, first_revision: u64, locations: &'a [Location]) -> IndexedRun<'a> {
+        IndexedRun {
             stream,
-            revision,
-            event_type,
-            id: Uuid::new_v4(),
-            location: Location::new(1, 64 + revision as u32),
-            data,
-            starts_append: true,
+            first_revision,
+            locations,
+            first_id: Uuid::new_v4(),
+            tombstone: false,
+            metadata: None,
         }
     }
 
     #[test]
     fn apply_tracks_revisions_metadata_and_tombstones() {
         let mut index = Index::new(10);
-        assert!(index.apply(&event("a", 0, "X", b"")).is_ok());
+        let locations = [Location::new(1, 64), Location::new(1, 200)];
+        assert!(index.apply(&run("a", 0, &locations)).is_ok());
         assert!(
-            index.apply(&event("a", 2, "X", b"")).is_err(),
+            index.apply(&run("a", 3, &locations[..1])).is_err(),
             "revision gap"
         );
-        assert!(index
-            .apply(&event("$$a", 0, METADATA_EVENT_TYPE, b"{\"$maxCount\":1}"))
-            .is_ok());
+        let meta = IndexedRun {
+            metadata: Some(b"{\"$maxCount\":1}"),
+            ..run("$$a", 0, &locations[..1])
+        };
+        assert!(index.apply(&meta).is_ok());
         assert_eq!(
             index.streams["a"]
                 .metadata
@@ -193,11 +187,13 @@ mod tests {
                 .and_then(|m| m.max_count),
             Some(1)
         );
-        assert!(index
-            .apply(&event("a", 1, TOMBSTONE_EVENT_TYPE, b""))
-            .is_ok());
+        let tombstone = IndexedRun {
+            tombstone: true,
+            ..run("a", 2, &locations[..1])
+        };
+        assert!(index.apply(&tombstone).is_ok());
         assert!(index.streams["a"].tombstoned);
-        assert_eq!(index.events, 3);
+        assert_eq!(index.events, 4);
         let location = Location::new(7, 123);
         assert_eq!((location.segment(), location.offset()), (7, 123));
     }

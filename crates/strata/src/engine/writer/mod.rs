@@ -10,14 +10,13 @@
 
 mod plan;
 
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{frame, record, segment};
-use super::index::{checkpoint, IndexedEvent, Location};
+use super::index::{checkpoint, IndexedRun, Location, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use super::options::Durability;
 use super::recovery::create_segment;
 use super::state::{SegmentInfo, Shared};
@@ -26,7 +25,7 @@ use crate::event::Timestamp;
 use crate::store::AppendResult;
 
 pub use plan::{metadata_event, Part, PartKind};
-use plan::{Overlay, Planned, PlannedEvent, Planner};
+use plan::{Overlay, Planned, PlannedRun, Planner};
 
 /// A request to the writer.
 #[derive(Debug)]
@@ -61,18 +60,31 @@ impl Command {
 /// Where the outcome of an append goes.
 type Reply = oneshot::Sender<Result<Vec<AppendResult>, AppendError>>;
 
-/// Bytes written to one segment in a batch, kept to update the index once durable.
-struct Written {
+/// A frame a batch wrote, to publish once durable.
+struct FrameDone {
     segment: u32,
-    offset: u64,
-    bytes: Bytes,
+    offset: u32,
+    first_position: u64,
+    end_position: u64,
+    length: u32,
+}
+
+/// A run of one stream's events a batch wrote, to index once durable.
+struct RunDone {
+    stream: Arc<str>,
+    first_revision: u64,
+    locations: Vec<Location>,
+    first_id: uuid::Uuid,
+    tombstone: bool,
+    metadata: Option<Bytes>,
 }
 
 /// What a batch put on disk.
 #[derive(Default)]
 struct BatchOutput {
-    written: Vec<Written>,
     created: Vec<SegmentInfo>,
+    frames: Vec<FrameDone>,
+    runs: Vec<RunDone>,
 }
 
 /// The writer's own state.
@@ -83,6 +95,9 @@ pub struct Writer {
     last_recorded_at: u64,
     bytes_since_checkpoint: u64,
     last_checkpoint_bytes: u64,
+    /// Reused from batch to batch to keep its allocations.
+    overlay: Overlay,
+    buffer: Vec<u8>,
 }
 
 impl Writer {
@@ -110,6 +125,8 @@ impl Writer {
             last_recorded_at,
             bytes_since_checkpoint: 0,
             last_checkpoint_bytes: 0,
+            overlay: Overlay::default(),
+            buffer: Vec::new(),
         }
     }
 
@@ -209,9 +226,10 @@ impl Writer {
     ) -> Result<BatchOutput, StorageError> {
         let shared = self.shared.clone();
         let index = shared.index();
-        let mut overlay = Overlay::default();
+        self.overlay.clear();
         let mut output = BatchOutput::default();
-        let mut buffer = Vec::new();
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
         let mut buffer_offset = u64::from(self.tail.end_offset);
         let mut batch_offset = self.tail.end_offset;
         let mut next_position = self.tail.end_position;
@@ -221,14 +239,15 @@ impl Writer {
         let (all_parts, all_replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
         replies.extend(all_replies);
         for parts in all_parts {
-            let mut planner = Planner {
+            let planned = Planner {
                 shared: &shared,
                 index: &index,
-                overlay: &mut overlay,
+                overlay: &mut self.overlay,
                 frame_bytes_max: capacity - segment::HEADER_LEN as u64,
-            };
-            let (events, results) = match planner.plan(parts, next_position) {
-                Ok(Planned::Write { events, results }) => (events, results),
+            }
+            .plan(parts, next_position);
+            let (runs, results) = match planned {
+                Ok(Planned::Write { runs, results }) => (runs, results),
                 Ok(Planned::Retry(results)) => {
                     outcomes.push(Ok(results));
                     continue;
@@ -238,21 +257,17 @@ impl Writer {
                     continue;
                 }
             };
-            if events.is_empty() {
+            if runs.is_empty() {
                 outcomes.push(Ok(results));
                 continue;
             }
-            let size = frame_size(&events);
+            let size = frame_size(&runs);
             let end = buffer_offset + buffer.len() as u64;
             if end + size > capacity && end > segment::HEADER_LEN as u64 {
                 // Seal the current segment: write and sync what it has, then start the
                 // next one, so every segment but the last is complete and durable.
                 self.write_and_sync(&buffer, buffer_offset)?;
-                output.written.push(Written {
-                    segment: self.tail.number,
-                    offset: buffer_offset,
-                    bytes: Bytes::from(std::mem::take(&mut buffer)),
-                });
+                buffer.clear();
                 let next = create_segment(&*shared.storage, self.tail.number + 1, next_position)?;
                 output.created.push(SegmentInfo {
                     number: next.number,
@@ -267,45 +282,87 @@ impl Writer {
                 buffer_offset = segment::HEADER_LEN as u64;
                 batch_offset = segment::HEADER_LEN as u32;
             }
-            self.encode_frame(&mut buffer, &events, batch_offset);
-            next_position += events.len() as u64;
+            let frame_offset = buffer_offset + buffer.len() as u64;
+            let count =
+                self.encode_frame(&mut buffer, &runs, batch_offset, frame_offset, &mut output);
+            output.frames.push(FrameDone {
+                segment: self.tail.number,
+                offset: frame_offset as u32,
+                first_position: next_position,
+                end_position: next_position + count,
+                length: (buffer_offset + buffer.len() as u64 - frame_offset) as u32,
+            });
+            next_position += count;
             outcomes.push(Ok(results));
         }
         drop(index);
-        if !buffer.is_empty() {
-            self.write_and_sync(&buffer, buffer_offset)?;
-            output.written.push(Written {
-                segment: self.tail.number,
-                offset: buffer_offset,
-                bytes: Bytes::from(buffer),
-            });
-        }
+        let written = if buffer.is_empty() {
+            Ok(())
+        } else {
+            self.write_and_sync(&buffer, buffer_offset)
+        };
+        self.buffer = buffer;
+        written?;
         Ok(output)
     }
 
-    fn encode_frame(&mut self, buffer: &mut Vec<u8>, events: &[PlannedEvent], batch_offset: u32) {
+    /// Encodes one frame at the end of `buffer` (which will be written at `frame_offset`
+    /// minus what it already holds) and notes where each event goes. Returns the number
+    /// of events.
+    fn encode_frame(
+        &mut self,
+        buffer: &mut Vec<u8>,
+        runs: &[PlannedRun],
+        batch_offset: u32,
+        frame_offset: u64,
+        output: &mut BatchOutput,
+    ) -> u64 {
         let now = Timestamp::now().as_micros();
-        let start = frame::begin(buffer, events[0].position, batch_offset);
-        for planned in events {
-            let event = &planned.event;
-            let wanted = event.recorded_at.map_or(now, Timestamp::as_micros);
-            // recorded_at never goes backwards along the log, whatever the clock does.
-            self.last_recorded_at = self.last_recorded_at.max(wanted);
-            record::RecordFields {
-                position: planned.position,
-                revision: planned.revision,
-                recorded_at: Timestamp::from_micros(self.last_recorded_at),
-                id: event.id,
-                content_type: event.content_type,
-                valid_at: event.valid_at,
-                stream: &planned.stream,
-                event_type: &event.event_type,
-                data: &event.data,
-                metadata: &event.metadata,
+        let buffer_base = frame_offset - (buffer.len() as u64);
+        let start = frame::begin(buffer, runs[0].first_position, batch_offset);
+        let mut count = 0u64;
+        for run in runs {
+            let mut locations = Vec::with_capacity(run.events.len());
+            let mut tombstone = false;
+            let mut metadata = None;
+            for (i, event) in run.events.iter().enumerate() {
+                let wanted = event.recorded_at.map_or(now, Timestamp::as_micros);
+                // recorded_at never goes backwards along the log, whatever the clock does.
+                self.last_recorded_at = self.last_recorded_at.max(wanted);
+                locations.push(Location::new(
+                    self.tail.number,
+                    (buffer_base + buffer.len() as u64) as u32,
+                ));
+                record::RecordFields {
+                    position: run.first_position + i as u64,
+                    revision: run.first_revision + i as u64,
+                    recorded_at: Timestamp::from_micros(self.last_recorded_at),
+                    id: event.id,
+                    content_type: event.content_type,
+                    valid_at: event.valid_at,
+                    stream: &run.stream,
+                    event_type: &event.event_type,
+                    data: &event.data,
+                    metadata: &event.metadata,
+                }
+                .encode(buffer);
+                tombstone |= event.event_type == TOMBSTONE_EVENT_TYPE;
+                if event.event_type == METADATA_EVENT_TYPE {
+                    metadata = Some(event.data.clone());
+                }
             }
-            .encode(buffer);
+            count += run.events.len() as u64;
+            output.runs.push(RunDone {
+                stream: run.stream.clone(),
+                first_revision: run.first_revision,
+                locations,
+                first_id: run.events[0].id,
+                tombstone,
+                metadata,
+            });
         }
-        frame::finish(buffer, start, events.len() as u32);
+        frame::finish(buffer, start, count as u32);
+        count
     }
 
     fn write_and_sync(&mut self, bytes: &[u8], offset: u64) -> Result<(), StorageError> {
@@ -324,81 +381,44 @@ impl Writer {
     /// them), then the index, then the head.
     fn publish(&mut self, output: BatchOutput) {
         let shared = self.shared.clone();
-        let mut frames = Vec::new();
         {
             let mut segments = shared.segments_mut();
             segments.list.extend(output.created);
-            for (chunk_index, chunk) in output.written.iter().enumerate() {
-                let first = segments.list[0].number;
-                let info = &mut segments.list[(chunk.segment - first) as usize];
-                let mut at = 0;
-                while at < chunk.bytes.len() {
-                    let header = frame::parse_header(&chunk.bytes[at..])
-                        .unwrap_or_else(|_| unreachable!("the writer encoded this frame"));
-                    let offset = chunk.offset + at as u64;
-                    info.add_frame(
-                        header.first_position,
-                        header.end_position(),
-                        offset as u32,
-                        header.length,
-                    );
-                    frames.push((chunk_index, at, header));
-                    at += header.length as usize;
-                }
+            let first = segments.list.first().map_or(0, |s| s.number);
+            for frame in &output.frames {
+                let info = &mut segments.list[(frame.segment - first) as usize];
+                info.add_frame(
+                    frame.first_position,
+                    frame.end_position,
+                    frame.offset,
+                    frame.length,
+                );
             }
             self.tail.end_offset = segments.list.last().map_or(0, |s| s.end_offset);
             self.tail.end_position = segments.next_position();
         }
-        if let Err(error) = self.index_frames(&output.written, &frames) {
-            self.poison(&error);
+        let outcome = {
+            let mut index = shared.index_mut();
+            output.runs.iter().try_for_each(|run| {
+                index.apply(&IndexedRun {
+                    stream: &run.stream,
+                    first_revision: run.first_revision,
+                    locations: &run.locations,
+                    first_id: run.first_id,
+                    tombstone: run.tombstone,
+                    metadata: run.metadata.as_deref(),
+                })
+            })
+        };
+        if let Err(error) = outcome {
+            // The planner checked every revision against the same index: a bug.
+            self.poison(&StorageError::corrupt(
+                segment::file_name(self.tail.number),
+                0,
+                error.0,
+            ));
         }
         shared.publish_head();
-    }
-
-    fn index_frames(
-        &self,
-        written: &[Written],
-        frames: &[(usize, usize, frame::FrameHeader)],
-    ) -> Result<(), StorageError> {
-        let mut index = self.shared.index_mut();
-        for &(chunk_index, at, header) in frames {
-            let chunk = &written[chunk_index];
-            let found = super::reader::FrameRef {
-                chunk: &chunk.bytes,
-                at,
-                header,
-                file_offset: chunk.offset + at as u64,
-            };
-            let name = segment::file_name(chunk.segment);
-            let mut failure = None;
-            let mut previous_stream: Option<String> = None;
-            let _complete = found.for_each_record(&name, |view, record_offset| {
-                let starts_append = previous_stream.as_deref() != Some(view.stream);
-                if starts_append {
-                    previous_stream = Some(view.stream.to_owned());
-                }
-                let event = IndexedEvent {
-                    stream: view.stream,
-                    revision: view.revision,
-                    event_type: view.event_type,
-                    id: view.id,
-                    location: Location::new(chunk.segment, record_offset as u32),
-                    data: &chunk.bytes[view.data.clone()],
-                    starts_append,
-                };
-                match index.apply(&event) {
-                    Ok(()) => ControlFlow::Continue(()),
-                    Err(error) => {
-                        failure = Some(StorageError::corrupt(&name, record_offset, error.0));
-                        ControlFlow::Break(())
-                    }
-                }
-            })?;
-            if let Some(error) = failure {
-                return Err(error);
-            }
-        }
-        Ok(())
     }
 
     fn poison(&self, error: &StorageError) {
@@ -426,10 +446,10 @@ impl Writer {
     }
 }
 
-fn frame_size(events: &[PlannedEvent]) -> u64 {
-    let records: u64 = events
+fn frame_size(runs: &[PlannedRun]) -> u64 {
+    let records: u64 = runs
         .iter()
-        .map(|p| plan::encoded_len(&p.stream, &p.event))
+        .flat_map(|run| run.events.iter().map(|e| plan::encoded_len(&run.stream, e)))
         .sum();
     frame::HEADER_LEN as u64 + records
 }

@@ -44,17 +44,17 @@ pub struct Part {
     pub kind: PartKind,
 }
 
-/// An event to encode.
+/// Consecutive events of one stream to encode.
 #[derive(Debug)]
-pub struct PlannedEvent {
-    /// Its stream.
-    pub stream: String,
-    /// Its revision.
-    pub revision: u64,
-    /// Its position.
-    pub position: u64,
-    /// The event.
-    pub event: EventData,
+pub struct PlannedRun {
+    /// Their stream.
+    pub stream: Arc<str>,
+    /// Revision of the first.
+    pub first_revision: u64,
+    /// Position of the first.
+    pub first_position: u64,
+    /// The events.
+    pub events: Vec<EventData>,
 }
 
 /// What the writer does with an append.
@@ -64,8 +64,8 @@ pub enum Planned {
     Retry(Vec<AppendResult>),
     /// Write these events as one frame, then reply with the results.
     Write {
-        /// The events, in log order.
-        events: Vec<PlannedEvent>,
+        /// The events, in log order, by stream.
+        runs: Vec<PlannedRun>,
         /// One result per part.
         results: Vec<AppendResult>,
     },
@@ -84,7 +84,16 @@ struct PendingStream {
 #[derive(Default)]
 pub struct Overlay {
     streams: HashMap<String, PendingStream>,
+    /// First event id of each append in the batch: its stream and revision.
     ids: HashMap<Uuid, (String, u64)>,
+}
+
+impl Overlay {
+    /// Forgets the batch, keeping the allocations for the next one.
+    pub fn clear(&mut self) {
+        self.streams.clear();
+        self.ids.clear();
+    }
 }
 
 /// A stream's state as the planner sees it.
@@ -303,8 +312,8 @@ impl Planner<'_> {
         let size = frame::HEADER_LEN as u64
             + expanded
                 .iter()
-                .flat_map(|(_, events)| events)
-                .map(|(name, event)| encoded_len(name, event))
+                .flat_map(|(_, runs)| runs)
+                .flat_map(|(name, events)| events.iter().map(|event| encoded_len(name, event)))
                 .sum::<u64>();
         if size > self.frame_bytes_max {
             return Err(InvalidInput::AppendTooLarge {
@@ -313,18 +322,18 @@ impl Planner<'_> {
             }
             .into());
         }
-        let mut events = Vec::new();
+        let mut runs = Vec::new();
         let mut results = Vec::with_capacity(expanded.len());
         let mut position = next_position;
         for (stream, to_write) in expanded {
             let mut first_revision = None;
             let mut positions = Vec::new();
-            for (name, event) in to_write {
+            for (name, events) in to_write {
                 if name == stream {
                     first_revision.get_or_insert(self.pending(&name).next_revision);
-                    positions.push(Position(position));
+                    positions.extend((0..events.len() as u64).map(|i| Position(position + i)));
                 }
-                self.push_event(&name, event, &mut events, &mut position);
+                self.push_run(&name, events, &mut runs, &mut position);
             }
             let first_revision = first_revision.unwrap_or_else(|| self.view(&stream).next_revision);
             let current_revision = self.view(&stream).current();
@@ -335,75 +344,89 @@ impl Planner<'_> {
                 current_revision,
             });
         }
-        Ok(Planned::Write { events, results })
+        Ok(Planned::Write { runs, results })
     }
 
     /// The events a part writes, with their streams (deletes and revivals write metadata
     /// events), and the stream its result describes. Changes nothing.
-    fn expand(&self, part: Part) -> (String, Vec<(String, EventData)>) {
+    #[allow(clippy::type_complexity)]
+    fn expand(&self, part: Part) -> (String, Vec<(String, Vec<EventData>)>) {
         let target = part.stream;
         let view = self.view(&target);
         let mut metadata = view.metadata.as_deref().cloned().unwrap_or_default();
         match part.kind {
             PartKind::Append => {
-                let mut events = Vec::with_capacity(part.events.len() + 1);
+                let mut runs = Vec::with_capacity(2);
                 if view.deleted && !part.events.is_empty() && !stream::is_system(&target) {
                     // Appending to a soft-deleted stream revives it: the old events stay
                     // hidden behind a truncate-before at the first new revision.
                     metadata.truncate_before = Some(view.next_revision);
-                    events.push((stream::metastream(&target), metadata_event(&metadata)));
+                    runs.push((stream::metastream(&target), vec![metadata_event(&metadata)]));
                 }
-                events.extend(part.events.into_iter().map(|e| (target.clone(), e)));
-                (target, events)
+                runs.push((target.clone(), part.events));
+                (target, runs)
             }
             PartKind::SoftDelete => {
                 metadata.truncate_before = Some(DELETED_TRUNCATE_BEFORE);
                 let metastream = stream::metastream(&target);
                 (
                     metastream.clone(),
-                    vec![(metastream, metadata_event(&metadata))],
+                    vec![(metastream, vec![metadata_event(&metadata)])],
                 )
             }
             PartKind::Tombstone => {
                 let tombstone =
                     EventData::new(TOMBSTONE_EVENT_TYPE, Bytes::new(), ContentType::Binary);
-                (target.clone(), vec![(target, tombstone)])
+                (target.clone(), vec![(target, vec![tombstone])])
             }
         }
     }
 
-    /// Adds one event to the frame and to the overlay.
-    fn push_event(
+    /// Adds a run of one stream's events to the frame and to the overlay.
+    fn push_run(
         &mut self,
         name: &str,
-        event: EventData,
-        events: &mut Vec<PlannedEvent>,
+        events: Vec<EventData>,
+        runs: &mut Vec<PlannedRun>,
         position: &mut u64,
     ) {
+        let Some(first) = events.first() else {
+            return;
+        };
+        let first_id = first.id;
         let pending = self.pending(name);
-        let revision = pending.next_revision;
-        pending.next_revision += 1;
-        pending.events.push((revision, event.id, *position));
-        if event.event_type == TOMBSTONE_EVENT_TYPE && !stream::is_system(name) {
+        let first_revision = pending.next_revision;
+        let count = events.len() as u64;
+        pending.events.extend(
+            events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (first_revision + i as u64, e.id, *position + i as u64)),
+        );
+        pending.next_revision += count;
+        // System event types only appear in system-written runs (users cannot use `$`).
+        if !stream::is_system(name) && events.iter().any(|e| e.event_type == TOMBSTONE_EVENT_TYPE) {
             pending.tombstoned = true;
         }
-        if event.event_type == METADATA_EVENT_TYPE {
-            if let Some(target) = stream::metastream_target(name) {
-                if let Ok(metadata) = StreamMetadata::from_slice(&event.data) {
-                    self.pending(target).metadata = Some(Arc::new(metadata));
-                }
+        if let Some(target) = stream::metastream_target(name) {
+            let last = events
+                .iter()
+                .rev()
+                .find(|e| e.event_type == METADATA_EVENT_TYPE);
+            if let Some(metadata) = last.and_then(|e| StreamMetadata::from_slice(&e.data).ok()) {
+                self.pending(target).metadata = Some(Arc::new(metadata));
             }
         }
         self.overlay
             .ids
-            .insert(event.id, (name.to_owned(), revision));
-        events.push(PlannedEvent {
-            stream: name.to_owned(),
-            revision,
-            position: *position,
-            event,
+            .insert(first_id, (name.to_owned(), first_revision));
+        runs.push(PlannedRun {
+            stream: Arc::from(name),
+            first_revision,
+            first_position: *position,
+            events,
         });
-        *position += 1;
+        *position += count;
     }
 }
 

@@ -1,0 +1,143 @@
+//! The subcommands, one module each, and what they share: opening the store and the
+//! filter options of the global log.
+
+pub mod append;
+pub mod export;
+pub mod follow;
+pub mod import;
+pub mod read;
+pub mod serve;
+pub mod stats;
+pub mod streams;
+pub mod tail;
+pub mod verify;
+
+use std::path::Path;
+
+use clap::Args;
+use strata::engine::IndexSource;
+use strata::{ExpectedRevision, Filter, Store};
+
+use crate::error::CliError;
+
+/// The name that stands for the global log.
+pub const ALL: &str = strata::stream::ALL_STREAM;
+
+/// Opens the store in `dir`. With `create`, a missing directory becomes a new store;
+/// without, it is an error (commands that only read should not create stores by typo).
+/// Notes on stderr what the open repaired.
+pub fn open_store(dir: &Path, create: bool) -> Result<Store, CliError> {
+    if !create && !dir.is_dir() {
+        return Err(CliError::NoStore {
+            path: dir.to_path_buf(),
+        });
+    }
+    let store = Store::open(dir)?;
+    if let Some(engine) = store.embedded() {
+        let report = engine.open_report();
+        if let Some(tail) = &report.truncated_tail {
+            eprintln!(
+                "note: cut off a torn tail of {} bytes at offset {} of {} ({}): an \
+                 interrupted write that was never acknowledged",
+                tail.bytes, tail.offset, tail.file, tail.reason
+            );
+        }
+        if let Some(segment) = &report.removed_segment {
+            eprintln!("note: removed {segment}, a segment file whose header was never written");
+        }
+        if let IndexSource::Rebuilt { reason } = &report.index_source {
+            if report.events > 0 {
+                eprintln!(
+                    "note: rebuilt the index from {} events ({reason})",
+                    report.scanned_events
+                );
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// Closes the store: waits for pending appends, writes the index checkpoint and releases
+/// the lock.
+pub async fn close_store(store: Store) -> Result<(), CliError> {
+    store.close().await.map_err(CliError::from)
+}
+
+/// Parses an expected revision: `any`, `no-stream`, `exists` or a revision number.
+pub fn parse_expected(text: &str) -> Result<ExpectedRevision, String> {
+    match text {
+        "any" => Ok(ExpectedRevision::Any),
+        "no-stream" | "no_stream" => Ok(ExpectedRevision::NoStream),
+        "exists" | "stream-exists" => Ok(ExpectedRevision::StreamExists),
+        _ => text.parse().map(ExpectedRevision::Exact).map_err(|_| {
+            format!("{text:?} is not an expected revision: use any, no-stream, exists or a number")
+        }),
+    }
+}
+
+/// Options that select events of the global log (`$all` only).
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Filters ('$all' only)")]
+pub struct FilterArgs {
+    /// Only streams of this category: the part of the name before the first `-`
+    /// (`order` for `order-42`). Repeat to allow several.
+    #[arg(long = "category", value_name = "C")]
+    pub categories: Vec<String>,
+    /// Only streams whose name starts with this. Repeat to allow several; combines with
+    /// --category as "either".
+    #[arg(long = "stream-prefix", value_name = "P")]
+    pub stream_prefixes: Vec<String>,
+    /// Only events of exactly this type. Repeat to allow several.
+    #[arg(long = "type", value_name = "T")]
+    pub event_types: Vec<String>,
+    /// Only events whose type starts with this. Repeat to allow several.
+    #[arg(long = "type-prefix", value_name = "P")]
+    pub event_type_prefixes: Vec<String>,
+    /// Leave out system events: metadata streams (`$$…`) and `$…` event types such as
+    /// tombstones.
+    #[arg(long)]
+    pub exclude_system: bool,
+}
+
+impl FilterArgs {
+    /// Whether no filter option was given.
+    pub fn is_empty(&self) -> bool {
+        self.categories.is_empty()
+            && self.stream_prefixes.is_empty()
+            && self.event_types.is_empty()
+            && self.event_type_prefixes.is_empty()
+            && !self.exclude_system
+    }
+
+    /// The store filter these options describe.
+    pub fn to_filter(&self) -> Filter {
+        let mut filter = Filter::new();
+        for category in &self.categories {
+            filter = filter.category(category);
+        }
+        for prefix in &self.stream_prefixes {
+            filter = filter.stream_prefix(prefix);
+        }
+        for event_type in &self.event_types {
+            filter = filter.event_type(event_type);
+        }
+        for prefix in &self.event_type_prefixes {
+            filter = filter.event_type_prefix(prefix);
+        }
+        if self.exclude_system {
+            filter = filter.exclude_system_events();
+        }
+        filter
+    }
+
+    /// Fails if filters were given for a single stream.
+    pub fn only_for_all(&self, stream: &str) -> Result<(), CliError> {
+        if stream != ALL && !self.is_empty() {
+            return Err(CliError::Usage(format!(
+                "--category, --stream-prefix, --type, --type-prefix and --exclude-system \
+                 apply only to '{ALL}', not to the stream {stream:?}"
+            )));
+        }
+        Ok(())
+    }
+}

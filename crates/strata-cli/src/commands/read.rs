@@ -1,0 +1,145 @@
+//! `strata read`: prints the events of a stream or of the global log.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use clap::Args;
+use strata::{Direction, Position, ReadAllOptions, ReadStreamOptions, RecordedEvent, Store};
+
+use super::{close_store, open_store, FilterArgs, ALL};
+use crate::error::{output_error, CliError};
+use crate::output::{event_row, write_json_line, EventJson, Format, Table, EVENT_COLUMNS};
+
+/// Events read per call to the store.
+const PAGE_EVENTS: usize = 4096;
+
+/// Options of `strata read`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  strata read order-1
+  strata read order-1 --backwards --limit 1 --format table
+  strata read '$all' --category order --exclude-system")]
+pub struct ReadArgs {
+    /// The stream to read, or `$all` for the global log (quote it in a shell: '$all').
+    pub stream: String,
+    /// Newest first.
+    #[arg(long, short = 'b')]
+    pub backwards: bool,
+    /// Start at this revision (a stream) or position (`$all`), inclusive.
+    #[arg(long, value_name = "N")]
+    pub from: Option<u64>,
+    /// Print at most this many events.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub limit: Option<usize>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// Filters (for `$all` only).
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// Prints events as they are read, in the chosen format.
+pub struct EventPrinter<W: Write> {
+    out: W,
+    format: Format,
+    table: Table,
+}
+
+impl<W: Write> EventPrinter<W> {
+    /// A printer writing to `out`.
+    pub fn new(out: W, format: Format) -> EventPrinter<W> {
+        EventPrinter {
+            out,
+            format,
+            table: Table::new(EVENT_COLUMNS),
+        }
+    }
+
+    /// Prints a batch of events (a table sizes its columns to fit the batch).
+    pub fn print(&mut self, events: &[RecordedEvent]) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => {
+                for event in events {
+                    let json = EventJson {
+                        event,
+                        exact: false,
+                    };
+                    write_json_line(&mut self.out, &json)?;
+                }
+                Ok(())
+            }
+            Format::Table => {
+                let rows: Vec<_> = events.iter().map(event_row).collect();
+                self.table.write(&mut self.out, &rows)
+            }
+        }
+    }
+
+    /// Flushes what was printed.
+    pub fn flush(&mut self) -> Result<(), CliError> {
+        self.out.flush().map_err(output_error)
+    }
+}
+
+/// Runs `strata read`.
+pub async fn run(data_dir: &Path, args: ReadArgs) -> Result<(), CliError> {
+    args.filter.only_for_all(&args.stream)?;
+    let store = open_store(data_dir, false)?;
+    let result = read(&store, &args).await;
+    close_store(store).await?;
+    result
+}
+
+async fn read(store: &Store, args: &ReadArgs) -> Result<(), CliError> {
+    let mut printer = EventPrinter::new(BufWriter::new(std::io::stdout()), args.format);
+    let direction = if args.backwards {
+        Direction::Backwards
+    } else {
+        Direction::Forwards
+    };
+    let mut remaining = args.limit.unwrap_or(usize::MAX);
+    let mut from = args.from;
+    while remaining > 0 {
+        let page = remaining.min(PAGE_EVENTS);
+        let events = if args.stream == ALL {
+            let options = ReadAllOptions {
+                direction,
+                from: from.map(Position),
+                limit: page,
+                filter: args.filter.to_filter(),
+            };
+            store.read_all(options).await?
+        } else {
+            let options = ReadStreamOptions {
+                direction,
+                from,
+                limit: page,
+            };
+            store.read_stream(&args.stream, options).await?
+        };
+        printer.print(&events)?;
+        remaining -= events.len();
+        let last = match events.last() {
+            Some(last) if events.len() == page => last,
+            _ => break,
+        };
+        let at = if args.stream == ALL {
+            last.position.0
+        } else {
+            last.revision
+        };
+        from = match direction {
+            Direction::Forwards => Some(at + 1),
+            Direction::Backwards => match at.checked_sub(1) {
+                Some(previous) => Some(previous),
+                None => break,
+            },
+        };
+    }
+    if args.format == Format::Table && args.limit != Some(0) {
+        // An empty table still shows its header.
+        printer.print(&[])?;
+    }
+    printer.flush()
+}

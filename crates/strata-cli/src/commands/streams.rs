@@ -1,0 +1,81 @@
+//! `strata streams`: lists the streams that have events.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use clap::Args;
+use serde::Serialize;
+use strata::ListStreamsOptions;
+
+use super::{close_store, open_store};
+use crate::error::{output_error, CliError};
+use crate::output::{write_json_line, Format, Table};
+
+/// Options of `strata streams`.
+#[derive(Debug, Args)]
+pub struct StreamsArgs {
+    /// Only streams whose name starts with this.
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+    /// List at most this many streams.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub limit: Option<usize>,
+    /// Also list system streams (metadata streams `$$…`).
+    #[arg(long)]
+    pub all: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// One line of `strata streams --format json`.
+#[derive(Serialize)]
+struct StreamOutput<'a> {
+    stream: &'a str,
+    last_revision: u64,
+    visible_events: u64,
+}
+
+/// Runs `strata streams`: one line per stream, sorted by name, with the revision of its
+/// last event and how many of its events are visible under its metadata.
+pub async fn run(data_dir: &Path, args: StreamsArgs) -> Result<(), CliError> {
+    let store = open_store(data_dir, false)?;
+    let options = ListStreamsOptions {
+        prefix: args.prefix.clone(),
+        after: None,
+        limit: args.limit,
+        include_system: args.all,
+    };
+    let streams = store.list_streams(options).await;
+    close_store(store).await?;
+    let streams = streams?;
+    let mut out = BufWriter::new(std::io::stdout());
+    match args.format {
+        Format::Json => {
+            for info in &streams {
+                write_json_line(
+                    &mut out,
+                    &StreamOutput {
+                        stream: &info.name,
+                        last_revision: info.last_revision,
+                        visible_events: info.visible_events,
+                    },
+                )?;
+            }
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = streams
+                .iter()
+                .map(|info| {
+                    vec![
+                        info.name.clone(),
+                        info.last_revision.to_string(),
+                        info.visible_events.to_string(),
+                    ]
+                })
+                .collect();
+            Table::new(&["STREAM", "LAST_REVISION", "EVENTS"]).write(&mut out, &rows)?;
+        }
+    }
+    out.flush().map_err(output_error)
+}

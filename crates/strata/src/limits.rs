@@ -24,7 +24,7 @@ impl Limits {
     /// Default largest append: 64 MiB.
     pub const APPEND_SIZE_BYTES_MAX: usize = 64 << 20;
     /// Default most events per append.
-    pub const APPEND_EVENTS_MAX: usize = 100_000;
+    pub const APPEND_EVENTS_MAX: usize = 20_000;
     /// Default longest stream name.
     pub const STREAM_NAME_BYTES_MAX: usize = 1024;
     /// Default longest event type.

@@ -99,11 +99,7 @@ impl Options {
 impl Default for Options {
     fn default() -> Options {
         Options {
-            limits: Limits {
-                // Room for the frame and record headers of the largest append.
-                append_events_max: 20_000,
-                ..Limits::default()
-            },
+            limits: Limits::default(),
             segment_size_bytes: Options::SEGMENT_SIZE_BYTES,
             durability: Durability::Fsync,
             recent_ids_max: 262_144,

@@ -17,6 +17,7 @@ use crate::stream;
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
+    streams: Vec<String>,
     stream_prefixes: Vec<String>,
     categories: Vec<String>,
     event_types: Vec<String>,
@@ -28,6 +29,12 @@ impl Filter {
     /// The filter that passes every event.
     pub fn new() -> Filter {
         Filter::default()
+    }
+
+    /// Also pass the stream named exactly `name`.
+    pub fn stream(mut self, name: impl Into<String>) -> Filter {
+        self.streams.push(name.into());
+        self
     }
 
     /// Also pass streams whose name starts with `prefix`.
@@ -70,7 +77,10 @@ impl Filter {
         if self.exclude_system && (stream::is_system(stream_name) || event_type.starts_with('$')) {
             return false;
         }
-        let stream_ok = (self.stream_prefixes.is_empty() && self.categories.is_empty())
+        let stream_ok = (self.streams.is_empty()
+            && self.stream_prefixes.is_empty()
+            && self.categories.is_empty())
+            || self.streams.iter().any(|s| s == stream_name)
             || self
                 .stream_prefixes
                 .iter()
@@ -104,6 +114,9 @@ mod tests {
         assert!(f.matches("order-1", "X"));
         assert!(f.matches("cart-9", "X"));
         assert!(!f.matches("invoice-1", "X"));
+        let f = Filter::new().stream("a-1");
+        assert!(f.matches("a-1", "X"));
+        assert!(!f.matches("a-10", "X"));
         let f = Filter::new().event_type_prefix("Order").event_type("Paid");
         assert!(f.matches("a", "OrderPlaced"));
         assert!(f.matches("a", "Paid"));

@@ -27,6 +27,8 @@ pub mod event;
 pub mod filter;
 pub mod limits;
 pub mod metadata;
+pub mod model;
+pub mod projection;
 pub mod revision;
 pub mod store;
 pub mod stream;

@@ -103,7 +103,9 @@ pub struct Handled<A: Aggregate> {
     pub events: Vec<A::Event>,
     /// Where they were recorded (`None` if the command produced none).
     pub result: Option<AppendResult>,
-    /// Whether this is the first result of a command handled earlier with the same id.
+    /// Whether the command id was found already handled before deciding, so this is the
+    /// first result read back. (A duplicate racing the first to the store also gets the
+    /// first result, from the store's idempotency, with `replayed` false.)
     pub replayed: bool,
 }
 
@@ -184,7 +186,7 @@ impl<A: Aggregate> Repository<A> {
     /// Loads aggregate `id`: its snapshot (if usable) and the events after it.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, ModelError> {
         let stream = A::stream_name(id);
-        let (mut loaded, stale) = self.from_snapshot(&stream, None).await?;
+        let (mut loaded, stale) = self.start_from_snapshot(&stream, None).await?;
         let start = loaded.revision.map_or(0, |r| r + 1);
         if !self
             .fold(&stream, start, &mut loaded, |_| Fold::Apply)
@@ -210,7 +212,7 @@ impl<A: Aggregate> Repository<A> {
             AsOf::Position(position) => Some(position),
             _ => None,
         };
-        let (mut loaded, _) = self.from_snapshot(&stream, bound).await?;
+        let (mut loaded, _) = self.start_from_snapshot(&stream, bound).await?;
         let start = loaded.revision.map_or(0, |r| r + 1);
         let decide = move |event: &RecordedEvent| match as_of {
             AsOf::Position(position) if event.position > position => Fold::Stop,
@@ -324,7 +326,7 @@ impl<A: Aggregate> Repository<A> {
 
     /// Starts from the snapshot of `stream` if it is usable (and not past `bound`).
     /// Returns the starting point and whether a stale snapshot should be replaced.
-    async fn from_snapshot(
+    async fn start_from_snapshot(
         &self,
         stream: &str,
         bound: Option<Position>,

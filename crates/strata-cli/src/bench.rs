@@ -52,29 +52,44 @@ pub struct BenchArgs {
     /// with --quick).
     #[arg(long)]
     pub repeat: Option<usize>,
+    /// Which parts to measure (default: all): `log` (appends, reads, opens, next to the
+    /// disk's limits), `model` (aggregate loads, command handling).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<Section>,
+}
+
+/// A part of the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// The event log.
+    Log,
+    /// Aggregates and command handling.
+    Model,
 }
 
 /// One measured figure.
 #[derive(Debug, Serialize)]
-struct Figure {
-    name: String,
-    value: f64,
-    unit: &'static str,
+pub(crate) struct Figure {
+    pub(crate) name: String,
+    pub(crate) value: f64,
+    pub(crate) unit: &'static str,
     /// The limit it is compared with, and the ratio to it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    ratio: Option<(String, f64)>,
+    pub(crate) ratio: Option<(String, f64)>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    p50_us: Option<f64>,
+    pub(crate) p50_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    p99_us: Option<f64>,
+    pub(crate) p99_us: Option<f64>,
 }
 
-struct Report {
+/// The figures measured so far, printed as they come.
+pub(crate) struct Report {
     figures: Vec<Figure>,
 }
 
 impl Report {
-    fn add(&mut self, figure: Figure) {
+    /// Prints a figure and keeps it.
+    pub(crate) fn add(&mut self, figure: Figure) {
         let mut line = format!(
             "{:<58} {:>14.1} {:<8}",
             figure.name, figure.value, figure.unit
@@ -90,7 +105,8 @@ impl Report {
     }
 }
 
-fn figure(name: impl Into<String>, value: f64, unit: &'static str) -> Figure {
+/// A figure with no ratio or latencies.
+pub(crate) fn figure(name: impl Into<String>, value: f64, unit: &'static str) -> Figure {
     Figure {
         name: name.into(),
         value,
@@ -144,7 +160,25 @@ async fn run_in(root: &Path, args: &BenchArgs) -> Result<Report, CliError> {
     let mut report = Report {
         figures: Vec::new(),
     };
+    let all = args.only.is_empty();
+    if all || args.only.contains(&Section::Log) {
+        log(root, quick, repeat, timed, events, &mut report).await?;
+    }
+    if all || args.only.contains(&Section::Model) {
+        crate::bench_model::run(root, repeat, timed, &mut report).await?;
+    }
+    Ok(report)
+}
 
+/// The event log's figures, next to the disk's limits.
+async fn log(
+    root: &Path,
+    quick: bool,
+    repeat: usize,
+    timed: Duration,
+    events: u64,
+    report: &mut Report,
+) -> Result<(), CliError> {
     println!("each figure is the median of {repeat} run(s)");
     let mut probes = Vec::new();
     for _ in 0..repeat {
@@ -227,9 +261,9 @@ async fn run_in(root: &Path, args: &BenchArgs) -> Result<Report, CliError> {
         "building a store of {events} events for the read and open measurements (not timed) …"
     );
     build(&dir, events).await?;
-    reads(&dir, events, &mut report).await?;
-    opens(&dir, &mut report).await?;
-    Ok(report)
+    reads(&dir, events, report).await?;
+    opens(&dir, report).await?;
+    Ok(())
 }
 
 fn machine() -> String {
@@ -261,7 +295,7 @@ fn machine() -> String {
 }
 
 /// The element with the median key.
-fn median_by<T>(mut values: Vec<T>, key: impl Fn(&T) -> f64) -> T {
+pub(crate) fn median_by<T>(mut values: Vec<T>, key: impl Fn(&T) -> f64) -> T {
     values.sort_by(|a, b| key(a).total_cmp(&key(b)));
     let middle = values.len() / 2;
     values.swap_remove(middle)

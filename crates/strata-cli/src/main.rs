@@ -4,6 +4,7 @@
 //! serves it over the network. Every subcommand works on the store in `--data DIR`.
 
 mod bench;
+mod bench_model;
 mod commands;
 mod error;
 mod input;

@@ -718,6 +718,8 @@ fn bench_runs_every_measurement_and_cleans_up() {
         "100 events of 200 B",
         "global log read",
         "open after a crash",
+        "aggregate load",
+        "one hot aggregate",
     ] {
         assert!(printed.contains(figure), "missing {figure}: {printed}");
     }

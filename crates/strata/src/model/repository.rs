@@ -103,6 +103,9 @@ pub struct Handled<A: Aggregate> {
     pub events: Vec<A::Event>,
     /// Where they were recorded (`None` if the command produced none).
     pub result: Option<AppendResult>,
+    /// How many times the command was decided and appended (1 without conflicts; each
+    /// conflict with another writer adds one).
+    pub attempts: u32,
     /// Whether the command id was found already handled before deciding, so this is the
     /// first result read back. (A duplicate racing the first to the store also gets the
     /// first result, from the store's idempotency, with `replayed` false.)
@@ -243,9 +246,10 @@ impl<A: Aggregate> Repository<A> {
         context: &CommandContext,
     ) -> Result<Handled<A>, HandleError<A::Error>> {
         let stream = A::stream_name(id);
-        for _ in 0..self.config.max_attempts {
+        for attempt in 1..=self.config.max_attempts {
             if let Some(command_id) = context.command_id {
-                if let Some(first) = self.first_result(command_id).await? {
+                if let Some(mut first) = self.first_result(command_id).await? {
+                    first.attempts = attempt;
                     return Ok(first);
                 }
             }
@@ -256,6 +260,7 @@ impl<A: Aggregate> Repository<A> {
                     state: loaded.state,
                     events,
                     result: None,
+                    attempts: attempt,
                     replayed: false,
                 });
             }
@@ -283,6 +288,7 @@ impl<A: Aggregate> Repository<A> {
                         state,
                         events,
                         result: Some(result),
+                        attempts: attempt,
                         replayed: false,
                     });
                 }
@@ -537,6 +543,7 @@ impl<A: Aggregate> Repository<A> {
                 positions: recorded.iter().map(|e| e.position).collect(),
                 current_revision: CurrentRevision::Current(last.revision),
             }),
+            attempts: 1,
             replayed: true,
         }))
     }

@@ -95,6 +95,9 @@ pub struct Writer {
     last_recorded_at: u64,
     bytes_since_checkpoint: u64,
     last_checkpoint_bytes: u64,
+    /// A periodic checkpoint being written by a helper thread (at most one at a time, so
+    /// two writes never share the temporary file).
+    checkpoint_in_flight: Option<std::thread::JoinHandle<Result<(), StorageError>>>,
     /// Reused from batch to batch to keep its allocations.
     overlay: Overlay,
     buffer: Vec<u8>,
@@ -125,6 +128,7 @@ impl Writer {
             last_recorded_at,
             bytes_since_checkpoint: 0,
             last_checkpoint_bytes: 0,
+            checkpoint_in_flight: None,
             overlay: Overlay::default(),
             buffer: Vec::new(),
         }
@@ -184,9 +188,7 @@ impl Writer {
                 .max(self.last_checkpoint_bytes)
             && self.shared.poison_error().is_none()
         {
-            if let Err(error) = self.checkpoint() {
-                tracing::warn!(%error, "could not write the index checkpoint");
-            }
+            self.checkpoint_in_background();
         }
     }
 
@@ -431,18 +433,60 @@ impl Writer {
         poisoned.get_or_insert_with(|| error.to_string());
     }
 
-    /// Writes the index checkpoint for everything durable so far.
+    /// Writes the index checkpoint for everything durable so far, and waits for it.
     fn checkpoint(&mut self) -> Result<(), StorageError> {
+        self.finish_background_checkpoint();
+        let bytes = self.encode_checkpoint();
+        checkpoint::write(&*self.shared.storage, &bytes)
+            .map_err(|e| StorageError::io("write", checkpoint::FILE_NAME, e))
+    }
+
+    /// Encodes the checkpoint (appends wait for this part, a copy of the indexes) and
+    /// leaves writing and syncing it to a helper thread, unless one is still busy.
+    fn checkpoint_in_background(&mut self) {
+        if self
+            .checkpoint_in_flight
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+        {
+            return;
+        }
+        self.finish_background_checkpoint();
+        let bytes = self.encode_checkpoint();
+        let storage = self.shared.storage.clone();
+        let spawned = std::thread::Builder::new()
+            .name("strata-checkpoint".into())
+            .spawn(move || {
+                checkpoint::write(&*storage, &bytes)
+                    .map_err(|e| StorageError::io("write", checkpoint::FILE_NAME, e))
+            });
+        match spawned {
+            Ok(handle) => self.checkpoint_in_flight = Some(handle),
+            Err(error) => tracing::warn!(%error, "could not start the checkpoint thread"),
+        }
+    }
+
+    /// Waits for a background checkpoint, logging its failure (the checkpoint is derived
+    /// data: a failed one only makes the next open scan more of the log).
+    fn finish_background_checkpoint(&mut self) {
+        if let Some(handle) = self.checkpoint_in_flight.take() {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "could not write the index checkpoint"),
+                Err(_) => tracing::warn!("the checkpoint thread panicked"),
+            }
+        }
+    }
+
+    fn encode_checkpoint(&mut self) -> Vec<u8> {
         let bytes = {
             let segments = self.shared.segments();
             let index = self.shared.index();
             checkpoint::encode(&segments, &index)
         };
-        checkpoint::write(&*self.shared.storage, &bytes)
-            .map_err(|e| StorageError::io("write", checkpoint::FILE_NAME, e))?;
         self.bytes_since_checkpoint = 0;
         self.last_checkpoint_bytes = bytes.len() as u64;
-        Ok(())
+        bytes
     }
 }
 

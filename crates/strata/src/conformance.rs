@@ -478,17 +478,21 @@ pub async fn read_all_order_and_filters(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(limited, all[..2].to_vec());
+    // The published head covers at least this test's appends; other writers sharing the
+    // store may have moved the log further since.
     let head = store.head().unwrap();
+    assert!(
+        head >= all[5].position,
+        "the head covers every acknowledged append"
+    );
     let last = store
         .read_all(ReadAllOptions::backwards().limit(1))
         .await
         .unwrap();
-    assert_eq!(last[0].position, head);
-    assert!(store
-        .read_all(ReadAllOptions::forwards().from_position(head.next()))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        last[0].position >= head,
+        "the head never runs ahead of what reads show"
+    );
 }
 
 pub async fn metadata_rules(h: &Harness) {

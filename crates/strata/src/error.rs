@@ -168,6 +168,16 @@ pub enum StorageError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// A server backend (PostgreSQL) failed or could not be reached. Appends that get
+    /// this error may or may not have been recorded: retry them with the same event ids,
+    /// which the store recognises.
+    #[error("{backend}: {message}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// What it said.
+        message: String,
+    },
 }
 
 impl StorageError {

@@ -33,6 +33,7 @@ pub mod revision;
 pub mod store;
 pub mod stream;
 pub mod subscription;
+pub mod validate;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -12,7 +12,6 @@ mod options;
 mod reader;
 mod recovery;
 mod state;
-mod validate;
 mod verify;
 mod writer;
 
@@ -310,7 +309,7 @@ impl EventStore for Engine {
         &self,
         requests: Vec<AppendRequest>,
     ) -> Result<Vec<AppendResult>, AppendError> {
-        validate::append(&requests, &self.shared.options.limits)?;
+        crate::validate::append(&requests, &self.shared.options.limits)?;
         if requests.is_empty() {
             return Ok(Vec::new());
         }

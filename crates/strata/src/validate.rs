@@ -1,5 +1,5 @@
-//! Checks on an append before it reaches the writer: names, types, sizes and counts.
-//! They run on the caller's task, so the writer only sees well-formed requests.
+//! Checks on an append before a backend writes it: names, types, sizes and counts. Every
+//! backend runs them, so the rules are the same everywhere.
 
 use crate::error::InvalidInput;
 use crate::limits::Limits;
@@ -7,7 +7,7 @@ use crate::metadata::StreamMetadata;
 use crate::store::AppendRequest;
 use crate::stream;
 
-use super::index::METADATA_EVENT_TYPE;
+use crate::engine::index::METADATA_EVENT_TYPE;
 
 /// Checks every part of an append against the limits and naming rules.
 pub fn append(requests: &[AppendRequest], limits: &Limits) -> Result<(), InvalidInput> {

@@ -1,0 +1,98 @@
+//! The safe head: the highest position below which no writing transaction is still in
+//! flight.
+//!
+//! Positions are `xid << 20 | index`: the id of the appending transaction, then the
+//! event's index in it. A reader only reads positions below `xmin << 20`, where `xmin`
+//! is the oldest transaction still running: every transaction below it has committed or
+//! aborted, so nothing can ever appear below that bound later. A transaction that commits
+//! after one with a higher position is simply read after it is finished — never skipped.
+//! The cost: any long transaction in the database holds readers back until it ends.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use strata::Position;
+
+/// The channel appends notify after commit.
+pub const CHANNEL: &str = "strata_events";
+
+/// How often the head is recomputed without a notification (a transaction that does not
+/// append may be what holds readers back, and it notifies nobody when it ends).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The SQL of the bound below which every position is final.
+pub const SAFE_BOUND_SQL: &str = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)";
+
+/// Keeps `head` up to date until it has no receivers left: woken by `LISTEN`, with
+/// polling as the fallback; reconnects after errors.
+pub async fn watch_head(url: String, head: watch::Sender<Option<Position>>) {
+    loop {
+        if head.is_closed() {
+            return;
+        }
+        if let Err(error) = listen(&url, &head).await {
+            tracing::warn!(%error, "head watcher lost its connection; reconnecting");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+async fn listen(
+    url: &str,
+    head: &watch::Sender<Option<Position>>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (notify, mut notified) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    if notify.send(()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "head watcher connection failed");
+                    return;
+                }
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    let query =
+        format!("SELECT max(position) FROM strata_events WHERE position < {SAFE_BOUND_SQL}");
+    let statement = client.prepare(&query).await?;
+    let outcome = loop {
+        if head.is_closed() {
+            break Ok(());
+        }
+        let row = match client.query_one(&statement, &[]).await {
+            Ok(row) => row,
+            Err(error) => break Err(error),
+        };
+        let latest: Option<i64> = row.get(0);
+        let latest = latest.map(|p| Position(p as u64));
+        head.send_if_modified(|current| {
+            // The head only moves forward.
+            let moved = latest > *current;
+            if moved {
+                *current = latest;
+            }
+            moved
+        });
+        tokio::select! {
+            _ = notified.recv() => {
+                // Coalesce a burst of notifications into one query.
+                while notified.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+    };
+    driver.abort();
+    outcome
+}

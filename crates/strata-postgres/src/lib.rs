@@ -1,0 +1,283 @@
+//! # strata-postgres
+//!
+//! strata's [`EventStore`] on PostgreSQL, for when one machine is outgrown: several
+//! processes or `strata serve` nodes share one database, with PostgreSQL's backups,
+//! replication and failover. It passes the same conformance suite as the embedded
+//! engine.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = strata_postgres::connect("postgres://strata@127.0.0.1/strata").await?;
+//! # let _ = store; Ok(()) }
+//! ```
+//!
+//! Global positions are `transaction id << 20 | index`: strictly increasing in the order
+//! readers see them, never reused, but not contiguous. Readers of the global log and
+//! subscriptions only see positions below the oldest running transaction (see [`head`]),
+//! so no event is ever skipped, whatever order transactions commit in.
+
+#![warn(missing_docs)]
+
+mod append;
+pub mod cluster;
+mod error;
+pub mod head;
+mod read;
+mod schema;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+
+use strata::{
+    AppendError, AppendRequest, AppendResult, EventStore, ExpectedRevision, Limits,
+    ListStreamsOptions, OpenError, Position, ReadAllOptions, ReadError, ReadStreamOptions,
+    RecordedEvent, StorageError, Store, StoreStats, StreamInfo,
+};
+
+use append::Kind;
+use error::backend;
+
+/// Options of the PostgreSQL backend.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Limits on appends (the same rules as the embedded engine).
+    pub limits: Limits,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            pool_size: 16,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Connects to PostgreSQL at `url`, creating or migrating the schema, and returns a
+/// [`Store`] handle.
+pub async fn connect(url: &str) -> Result<Store, OpenError> {
+    Ok(Store::from_backend(Arc::new(
+        PostgresStore::connect(url, PostgresOptions::default()).await?,
+    )))
+}
+
+/// The PostgreSQL backend.
+pub struct PostgresStore {
+    pool: Pool,
+    head: watch::Receiver<Option<Position>>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish()
+    }
+}
+
+impl PostgresStore {
+    /// Connects, migrates the schema and starts watching the head.
+    pub async fn connect(url: &str, options: PostgresOptions) -> Result<PostgresStore, OpenError> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| OpenError::InvalidOptions {
+                reason: format!("invalid PostgreSQL URL: {e}"),
+            })?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .build()
+            .map_err(|e| OpenError::Storage(backend(e)))?;
+        let mut client = connect_retrying(&pool).await?;
+        schema::migrate(&mut client).await?;
+        let (sender, head) = watch::channel(None);
+        tokio::spawn(head::watch_head(url.to_owned(), sender));
+        Ok(PostgresStore {
+            pool,
+            head,
+            limits: options.limits,
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
+        self.pool.get().await.map_err(backend)
+    }
+
+    async fn run(
+        &self,
+        parts: Vec<(AppendRequest, Kind)>,
+    ) -> Result<Vec<AppendResult>, AppendError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let results = append::append(&tx, parts).await?;
+        tx.commit().await.map_err(backend)?;
+        // Wait until the events are visible in the global order (usually at once), so a
+        // read of `$all` after an append sees it.
+        if let Some(last) = results.iter().filter_map(AppendResult::last_position).max() {
+            let mut head = self.head.clone();
+            let visible = head.wait_for(|h| h.is_some_and(|h| h >= last));
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), visible).await;
+        }
+        Ok(results)
+    }
+}
+
+/// The first connection, retried while the server starts up.
+async fn connect_retrying(pool: &Pool) -> Result<deadpool_postgres::Object, OpenError> {
+    let mut last = None;
+    for _ in 0..50 {
+        match pool.get().await {
+            Ok(client) => return Ok(client),
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err(OpenError::Storage(backend(last.map_or_else(
+        || "no connection".to_owned(),
+        |e| e.to_string(),
+    ))))
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append_multi(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<AppendResult>, AppendError> {
+        strata::validate::append(&requests, &self.limits)?;
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(requests.into_iter().map(|r| (r, Kind::Append)).collect())
+            .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        options: ReadStreamOptions,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        strata::stream::validate_name(stream, &self.limits)?;
+        let client = self.client().await?;
+        read::stream(&client, stream, options).await
+    }
+
+    async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, ReadError> {
+        let client = self.client().await?;
+        read::all(
+            &client,
+            options.direction,
+            options.from,
+            options.limit,
+            &options.filter,
+        )
+        .await
+    }
+
+    async fn list_streams(
+        &self,
+        options: ListStreamsOptions,
+    ) -> Result<Vec<StreamInfo>, ReadError> {
+        let client = self.client().await?;
+        let prefix = options.prefix.clone().unwrap_or_default();
+        let after = options.after.clone().unwrap_or_default();
+        let limit = options.limit.map_or(i64::MAX, |l| l as i64);
+        let rows = client
+            .query(
+                "SELECT name, next_revision, metadata FROM strata_streams
+                 WHERE next_revision > 0 AND NOT tombstoned AND starts_with(name, $1) AND name > $2
+                   AND ($3 OR NOT starts_with(name, '$'))
+                   AND coalesce((metadata->>'$tb')::numeric, 0) <> 9223372036854775807
+                 ORDER BY name COLLATE \"C\" LIMIT $4",
+                &[&prefix, &after, &options.include_system, &limit],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let len = row.get::<_, i64>(1) as u64;
+                let metadata: Option<serde_json::Value> = row.get(2);
+                let metadata = metadata
+                    .and_then(|m| strata::StreamMetadata::from_json(&m).ok())
+                    .unwrap_or_default();
+                let lowest = metadata
+                    .truncate_before
+                    .unwrap_or(0)
+                    .max(metadata.max_count.map_or(0, |c| len.saturating_sub(c)));
+                StreamInfo {
+                    name: row.get(0),
+                    last_revision: len - 1,
+                    visible_events: len.saturating_sub(lowest),
+                }
+            })
+            .collect())
+    }
+
+    async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+    ) -> Result<Position, AppendError> {
+        self.delete(stream, expected, Kind::SoftDelete).await
+    }
+
+    async fn tombstone_stream(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+    ) -> Result<Position, AppendError> {
+        self.delete(stream, expected, Kind::Tombstone).await
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Option<Position>> {
+        self.head.clone()
+    }
+
+    async fn stats(&self) -> Result<StoreStats, ReadError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM strata_events), (SELECT count(*) FROM strata_streams WHERE next_revision > 0),
+                        pg_total_relation_size('strata_events') + pg_total_relation_size('strata_streams')",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(StoreStats {
+            events: row.get::<_, i64>(0) as u64,
+            streams: row.get::<_, i64>(1) as u64,
+            head: *self.head.borrow(),
+            disk_bytes: row.get::<_, i64>(2) as u64,
+            segments: 0,
+            backend: "postgres".into(),
+        })
+    }
+}
+
+impl PostgresStore {
+    async fn delete(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        kind: Kind,
+    ) -> Result<Position, AppendError> {
+        strata::stream::validate_writable(stream, &self.limits)?;
+        let request = AppendRequest::new(stream, expected, Vec::new());
+        let results = self.run(vec![(request, kind)]).await?;
+        results
+            .first()
+            .and_then(AppendResult::last_position)
+            .ok_or(AppendError::Storage(StorageError::Closed))
+    }
+}

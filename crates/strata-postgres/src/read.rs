@@ -1,0 +1,166 @@
+//! Reads: one stream (honouring its metadata) and the global log (below the safe bound).
+
+use bytes::Bytes;
+use tokio_postgres::{Client, Row};
+
+use strata::{
+    ContentType, Direction, Filter, Position, ReadError, ReadStreamOptions, RecordedEvent,
+    StreamMetadata, Timestamp,
+};
+
+use crate::error::backend;
+use crate::head::SAFE_BOUND_SQL;
+
+const COLUMNS: &str =
+    "position, stream, revision, id, event_type, is_binary, data, metadata, recorded_at, valid_at";
+
+/// Rows read per query while filtering the global log.
+const PAGE_ROWS: i64 = 1000;
+
+fn event(row: &Row) -> RecordedEvent {
+    let data: Vec<u8> = row.get(6);
+    let metadata: Vec<u8> = row.get(7);
+    let valid_at: Option<i64> = row.get(9);
+    RecordedEvent {
+        position: Position(row.get::<_, i64>(0) as u64),
+        stream: row.get(1),
+        revision: row.get::<_, i64>(2) as u64,
+        id: row.get(3),
+        event_type: row.get(4),
+        content_type: if row.get::<_, bool>(5) {
+            ContentType::Binary
+        } else {
+            ContentType::Json
+        },
+        data: Bytes::from(data),
+        metadata: Bytes::from(metadata),
+        recorded_at: Timestamp::from_micros(row.get::<_, i64>(8) as u64),
+        valid_at: valid_at.map(|v| Timestamp::from_micros(v as u64)),
+    }
+}
+
+/// Reads one stream.
+pub async fn stream(
+    client: &Client,
+    name: &str,
+    options: ReadStreamOptions,
+) -> Result<Vec<RecordedEvent>, ReadError> {
+    let not_found = || ReadError::StreamNotFound {
+        stream: name.to_owned(),
+    };
+    let row = client
+        .query_opt(
+            "SELECT next_revision, tombstoned, metadata FROM strata_streams WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(backend)?
+        .ok_or_else(not_found)?;
+    let len = row.get::<_, i64>(0) as u64;
+    if row.get::<_, bool>(1) {
+        return Err(ReadError::StreamDeleted {
+            stream: name.to_owned(),
+        });
+    }
+    let metadata: Option<serde_json::Value> = row.get(2);
+    let metadata = metadata
+        .and_then(|m| StreamMetadata::from_json(&m).ok())
+        .unwrap_or_default();
+    if metadata.is_deleted() || len == 0 {
+        return Err(not_found());
+    }
+    let lowest = metadata.truncate_before.unwrap_or(0).max(
+        metadata
+            .max_count
+            .map_or(0, |count| len.saturating_sub(count)),
+    );
+    let limit = options.limit.min(i64::MAX as usize) as i64;
+    let rows = match options.direction {
+        Direction::Forwards => {
+            let start = options.from.unwrap_or(0).max(lowest);
+            let query = format!("SELECT {COLUMNS} FROM strata_events WHERE stream = $1 AND revision >= $2 ORDER BY revision LIMIT $3");
+            client.query(&query, &[&name, &(start.min(i64::MAX as u64) as i64), &limit]).await
+        }
+        Direction::Backwards => {
+            let start = options.from.unwrap_or(len - 1).min(len - 1);
+            if start < lowest {
+                return Ok(Vec::new());
+            }
+            let query = format!(
+                "SELECT {COLUMNS} FROM strata_events WHERE stream = $1 AND revision <= $2 AND revision >= $3 ORDER BY revision DESC LIMIT $4"
+            );
+            client.query(&query, &[&name, &(start as i64), &(lowest as i64), &limit]).await
+        }
+    }
+    .map_err(backend)?;
+    let mut events: Vec<RecordedEvent> = rows.iter().map(event).collect();
+    if let Some(max_age) = metadata.max_age {
+        let cutoff = Timestamp::now()
+            .as_micros()
+            .saturating_sub(max_age.as_micros() as u64);
+        events.retain(|e| e.recorded_at.as_micros() >= cutoff);
+    }
+    Ok(events)
+}
+
+/// Reads the global log below the safe bound, filtered, in pages.
+pub async fn all(
+    client: &Client,
+    direction: Direction,
+    from: Option<Position>,
+    limit: usize,
+    filter: &Filter,
+) -> Result<Vec<RecordedEvent>, ReadError> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    // One bound for every page, so that pages agree with each other.
+    let bound: i64 = client
+        .query_one(&format!("SELECT {SAFE_BOUND_SQL}"), &[])
+        .await
+        .map_err(backend)?
+        .get(0);
+    let (query, mut cursor) = match direction {
+        Direction::Forwards => (
+            format!("SELECT {COLUMNS} FROM strata_events WHERE position >= $1 AND position < $2 ORDER BY position LIMIT $3"),
+            from.map_or(0, |p| p.0.min(i64::MAX as u64) as i64),
+        ),
+        Direction::Backwards => (
+            format!("SELECT {COLUMNS} FROM strata_events WHERE position <= $1 AND position < $2 ORDER BY position DESC LIMIT $3"),
+            from.map_or(i64::MAX, |p| p.0.min(i64::MAX as u64) as i64),
+        ),
+    };
+    let statement = client.prepare(&query).await.map_err(backend)?;
+    loop {
+        let page = if filter.is_empty() {
+            (limit - out.len()).min(i64::MAX as usize) as i64
+        } else {
+            PAGE_ROWS
+        };
+        let rows = client
+            .query(
+                &statement,
+                &[&cursor, &bound, &page.min(PAGE_ROWS.max(page))],
+            )
+            .await
+            .map_err(backend)?;
+        let done = (rows.len() as i64) < page;
+        for row in &rows {
+            let event = event(row);
+            cursor = match direction {
+                Direction::Forwards => event.position.0 as i64 + 1,
+                Direction::Backwards => event.position.0 as i64 - 1,
+            };
+            if filter.matches_event(&event) {
+                out.push(event);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+        if done || cursor < 0 {
+            return Ok(out);
+        }
+    }
+}

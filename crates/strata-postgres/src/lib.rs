@@ -41,13 +41,29 @@ use strata::{
 use append::Kind;
 use error::backend;
 
+/// A pause taken inside every append transaction, before it commits. Tests use it to
+/// make transactions commit out of order.
+pub type AppendDelay = Arc<dyn Fn() -> std::time::Duration + Send + Sync>;
+
 /// Options of the PostgreSQL backend.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PostgresOptions {
     /// Connections in the pool.
     pub pool_size: usize,
     /// Limits on appends (the same rules as the embedded engine).
     pub limits: Limits,
+    /// For tests: a pause inside each append transaction.
+    pub append_delay: Option<AppendDelay>,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("pool_size", &self.pool_size)
+            .field("limits", &self.limits)
+            .field("append_delay", &self.append_delay.is_some())
+            .finish()
+    }
 }
 
 impl Default for PostgresOptions {
@@ -55,6 +71,7 @@ impl Default for PostgresOptions {
         PostgresOptions {
             pool_size: 16,
             limits: Limits::default(),
+            append_delay: None,
         }
     }
 }
@@ -72,6 +89,7 @@ pub struct PostgresStore {
     pool: Pool,
     head: watch::Receiver<Option<Position>>,
     limits: Limits,
+    append_delay: Option<AppendDelay>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -106,6 +124,7 @@ impl PostgresStore {
             pool,
             head,
             limits: options.limits,
+            append_delay: options.append_delay,
         })
     }
 
@@ -120,6 +139,9 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
         let results = append::append(&tx, parts).await?;
+        if let Some(delay) = &self.append_delay {
+            tokio::time::sleep(delay()).await;
+        }
         tx.commit().await.map_err(backend)?;
         // Wait until the events are visible in the global order (usually at once), so a
         // read of `$all` after an append sees it.

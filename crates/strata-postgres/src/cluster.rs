@@ -68,7 +68,18 @@ pub fn shared() -> Result<&'static str, ClusterError> {
 pub struct TestCluster {
     url: String,
     child: Option<Child>,
+    server: Option<Server>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// How to start the server again.
+#[derive(Debug)]
+struct Server {
+    bin: PathBuf,
+    data: PathBuf,
+    socket: PathBuf,
+    port: u16,
+    ids: Option<(u32, u32)>,
 }
 
 impl TestCluster {
@@ -83,6 +94,7 @@ impl TestCluster {
             return Ok(TestCluster {
                 url,
                 child: None,
+                server: None,
                 _dir: None,
             });
         }
@@ -119,26 +131,57 @@ impl TestCluster {
             });
         }
         let port = free_port()?;
-        let mut command = user.command(bin.join("postgres"));
-        command
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", socket.display()))
-            .args(["-c", "max_connections=200", "-c", "shared_buffers=128MB"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        stop_with_parent(&mut command);
-        let child = command.spawn().map_err(|e| failed("start postgres", e))?;
+        let server = Server {
+            bin,
+            data,
+            socket,
+            port,
+            ids: user.ids,
+        };
+        let child = server.spawn()?;
         let url = format!("postgres://strata@127.0.0.1:{port}/postgres");
         let cluster = TestCluster {
             url,
             child: Some(child),
+            server: Some(server),
             _dir: Some(dir),
         };
         cluster.wait_ready(port)?;
         Ok(cluster)
+    }
+
+    /// Stops the server the way a crash does (`pg_ctl stop -m immediate`: no checkpoint,
+    /// WAL replay at the next start). Clients see their connections break.
+    pub fn crash(&mut self) -> Result<(), ClusterError> {
+        let server = self
+            .server
+            .as_ref()
+            .ok_or_else(|| failed("crash", "an external server cannot be stopped"))?;
+        let status = ServerUser { ids: server.ids }
+            .command(server.bin.join("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(&server.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| failed("run pg_ctl stop", e))?;
+        if !status.success() {
+            return Err(failed("pg_ctl stop", status));
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Starts the server again after [`TestCluster::crash`], on the same port and data.
+    pub fn start_again(&mut self) -> Result<(), ClusterError> {
+        let server = self
+            .server
+            .as_ref()
+            .ok_or_else(|| failed("start again", "an external server cannot be started"))?;
+        self.child = Some(server.spawn()?);
+        self.wait_ready(server.port)
     }
 
     fn wait_ready(&self, port: u16) -> Result<(), ClusterError> {
@@ -155,6 +198,28 @@ impl TestCluster {
             step: "wait for postgres",
             message: "not ready after 30 s".into(),
         })
+    }
+}
+
+impl Server {
+    fn spawn(&self) -> Result<Child, ClusterError> {
+        let mut command = ServerUser { ids: self.ids }.command(self.bin.join("postgres"));
+        command
+            .arg("-D")
+            .arg(&self.data)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.socket.display()))
+            .args(["-c", "max_connections=200", "-c", "shared_buffers=128MB"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        stop_with_parent(&mut command);
+        command.spawn().map_err(|e| failed("start postgres", e))
     }
 }
 

@@ -2,10 +2,53 @@
 
 use strata::StorageError;
 
-/// A PostgreSQL or pool error as a storage error.
-pub fn backend(error: impl std::fmt::Display) -> StorageError {
+/// A PostgreSQL error as a storage error, noting whether it is transient (a broken or
+/// refused connection, a server shutting down or starting up).
+pub fn backend(error: tokio_postgres::Error) -> StorageError {
+    let transient = match error.as_db_error() {
+        None => true,
+        // Class 08: connection exception; 57P: operator intervention (shutdown, crash
+        // recovery, cannot connect now).
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57P")
+        }
+    };
     StorageError::Backend {
         backend: "postgres",
         message: error.to_string(),
+        transient,
     }
+}
+
+/// A connection pool error as a storage error.
+pub fn pool(error: deadpool_postgres::PoolError) -> StorageError {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => backend(error),
+        other => StorageError::Backend {
+            backend: "postgres",
+            message: other.to_string(),
+            transient: true,
+        },
+    }
+}
+
+/// Another failure (configuration, building the pool) as a storage error.
+pub fn other(error: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend {
+        backend: "postgres",
+        message: error.to_string(),
+        transient: false,
+    }
+}
+
+/// Whether an append failed in a way a retry may fix.
+pub fn is_transient(error: &strata::AppendError) -> bool {
+    matches!(
+        error,
+        strata::AppendError::Storage(StorageError::Backend {
+            transient: true,
+            ..
+        })
+    )
 }

@@ -39,7 +39,7 @@ use strata::{
 };
 
 use append::Kind;
-use error::backend;
+use error::{backend, is_transient};
 
 /// A pause taken inside every append transaction, before it commits. Tests use it to
 /// make transactions commit out of order.
@@ -115,7 +115,7 @@ impl PostgresStore {
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .build()
-            .map_err(|e| OpenError::Storage(backend(e)))?;
+            .map_err(|e| OpenError::Storage(error::other(e)))?;
         let mut client = connect_retrying(&pool).await?;
         schema::migrate(&mut client).await?;
         let (sender, head) = watch::channel(None);
@@ -129,10 +129,36 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
-        self.pool.get().await.map_err(backend)
+        self.pool.get().await.map_err(error::pool)
     }
 
+    /// Runs an append, retrying it while the connection is broken or the server is
+    /// restarting (for up to [`RETRY_WINDOW`]). Retrying is exact: the events keep their
+    /// ids, and an append that did commit before its connection broke is recognised and
+    /// answered with its original result. Deletes are not retried (they carry no ids),
+    /// so their transient errors reach the caller.
     async fn run(
+        &self,
+        parts: Vec<(AppendRequest, Kind)>,
+    ) -> Result<Vec<AppendResult>, AppendError> {
+        let retry = parts
+            .iter()
+            .all(|(part, kind)| *kind == Kind::Append && !part.events.is_empty());
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            match self.run_once(parts.clone()).await {
+                Err(error) if retry && is_transient(&error) && started.elapsed() < RETRY_WINDOW => {
+                    tracing::warn!(%error, "append failed on a broken connection; retrying with the same event ids");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn run_once(
         &self,
         parts: Vec<(AppendRequest, Kind)>,
     ) -> Result<Vec<AppendResult>, AppendError> {
@@ -154,6 +180,9 @@ impl PostgresStore {
     }
 }
 
+/// How long an append keeps retrying on broken connections before it reports the error.
+pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The first connection, retried while the server starts up.
 async fn connect_retrying(pool: &Pool) -> Result<deadpool_postgres::Object, OpenError> {
     let mut last = None;
@@ -164,7 +193,7 @@ async fn connect_retrying(pool: &Pool) -> Result<deadpool_postgres::Object, Open
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    Err(OpenError::Storage(backend(last.map_or_else(
+    Err(OpenError::Storage(error::other(last.map_or_else(
         || "no connection".to_owned(),
         |e| e.to_string(),
     ))))

@@ -177,6 +177,9 @@ pub enum StorageError {
         backend: &'static str,
         /// What it said.
         message: String,
+        /// The backend could not be reached or the connection broke: the operation may
+        /// succeed if tried again (an append with the same event ids is recognised).
+        transient: bool,
     },
 }
 

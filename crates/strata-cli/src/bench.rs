@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// disk's limits), `model` (aggregate loads, command handling).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<Section>,
+    /// PostgreSQL to measure (default: a throw-away cluster started for the run, with
+    /// fsync and synchronous_commit on).
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
 }
 
 /// A part of the benchmark.
@@ -65,6 +69,8 @@ pub enum Section {
     Log,
     /// Aggregates and command handling.
     Model,
+    /// The PostgreSQL backend next to PostgreSQL's own floor and the embedded engine.
+    Postgres,
 }
 
 /// One measured figure.
@@ -166,6 +172,17 @@ async fn run_in(root: &Path, args: &BenchArgs) -> Result<Report, CliError> {
     }
     if all || args.only.contains(&Section::Model) {
         crate::bench_model::run(root, repeat, timed, &mut report).await?;
+    }
+    if all || args.only.contains(&Section::Postgres) {
+        crate::bench_postgres::run(
+            root,
+            args.postgres.as_deref(),
+            repeat,
+            timed,
+            quick,
+            &mut report,
+        )
+        .await?;
     }
     Ok(report)
 }
@@ -320,7 +337,7 @@ async fn appends_median(
     Ok(median_by(runs, |r| r.events_per_s))
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -375,11 +392,13 @@ fn disk_sequential_bandwidth(path: &Path, bytes: usize) -> Result<f64, CliError>
     Ok(written as f64 / elapsed)
 }
 
-struct AppendRun {
-    events_per_s: f64,
-    log_bytes_per_s: f64,
-    p50_us: f64,
-    p99_us: f64,
+/// What a timed append load achieved.
+pub(crate) struct AppendRun {
+    pub(crate) events_per_s: f64,
+    pub(crate) log_bytes_per_s: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) elapsed_s: f64,
 }
 
 fn payload(size: usize, i: u64) -> EventData {
@@ -396,12 +415,32 @@ async fn appends(
     duration: Duration,
 ) -> Result<AppendRun, CliError> {
     let store = Store::open(dir)?;
+    let run = append_load(&store, writers, per_append, size, duration).await?;
+    let stats = store.stats().await?;
+    store.close().await?;
+    Ok(AppendRun {
+        log_bytes_per_s: stats.disk_bytes as f64 / run.elapsed_s,
+        ..run
+    })
+}
+
+/// `writers` tasks append `per_append` events of `size` bytes to streams of their own
+/// for `duration`. Counts acknowledged events; `log_bytes_per_s` is left at 0.
+pub(crate) async fn append_load(
+    store: &Store,
+    writers: usize,
+    per_append: usize,
+    size: usize,
+    duration: Duration,
+) -> Result<AppendRun, CliError> {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+    let run = uuid::Uuid::new_v4().simple().to_string();
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
             let store = store.clone();
             let stop = stop.clone();
+            let stream = format!("bench{}-{w}", &run[..8]);
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 // The payloads are made once: the measurement is of the store, not of
@@ -415,7 +454,7 @@ async fn appends(
                         .collect();
                     let t = Instant::now();
                     store
-                        .append(format!("bench-{w}"), ExpectedRevision::Any, batch)
+                        .append(stream.as_str(), ExpectedRevision::Any, batch)
                         .await?;
                     latencies.push(t.elapsed().as_micros() as u32);
                 }
@@ -429,15 +468,14 @@ async fn appends(
     for task in tasks {
         latencies.extend(task.await.map_err(|e| CliError::Bench(e.to_string()))??);
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let stats = store.stats().await?;
-    store.close().await?;
+    let elapsed_s = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
     Ok(AppendRun {
-        events_per_s: stats.events as f64 / elapsed,
-        log_bytes_per_s: stats.disk_bytes as f64 / elapsed,
+        events_per_s: (latencies.len() * per_append) as f64 / elapsed_s,
+        log_bytes_per_s: 0.0,
         p50_us: percentile(&latencies, 0.5),
         p99_us: percentile(&latencies, 0.99),
+        elapsed_s,
     })
 }
 

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_model;
+mod bench_postgres;
 mod commands;
 mod error;
 mod input;
@@ -42,6 +43,10 @@ pub struct Cli {
         default_value = "./strata-data"
     )]
     pub data: PathBuf,
+    /// Use the PostgreSQL database at this URL instead of the directory
+    /// (`postgres://user@host:port/database`).
+    #[arg(long, global = true, value_name = "URL", env = "STRATA_POSTGRES")]
+    pub postgres: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -78,16 +83,28 @@ pub enum Command {
 /// Runs one subcommand.
 async fn run(cli: Cli) -> Result<(), CliError> {
     let data = cli.data.as_path();
+    let target = commands::Target {
+        data: cli.data.clone(),
+        postgres: cli.postgres.clone(),
+    };
     match cli.command {
-        Command::Append(args) => commands::append::run(data, args).await,
-        Command::Read(args) => commands::read::run(data, args).await,
-        Command::Tail(args) => commands::tail::run(data, args).await,
-        Command::Streams(args) => commands::streams::run(data, args).await,
-        Command::Stats(args) => commands::stats::run(data, args).await,
+        Command::Append(args) => commands::append::run(&target, args).await,
+        Command::Read(args) => commands::read::run(&target, args).await,
+        Command::Tail(args) => commands::tail::run(&target, args).await,
+        Command::Streams(args) => commands::streams::run(&target, args).await,
+        Command::Stats(args) => commands::stats::run(&target, args).await,
+        Command::Verify(_) if target.postgres.is_some() => Err(CliError::Usage(
+            "verify checks the embedded engine's segment files; PostgreSQL checks its own pages \
+             (enable data_checksums)"
+                .into(),
+        )),
         Command::Verify(args) => commands::verify::run(data, args).await,
-        Command::Export(args) => commands::export::run(data, args).await,
-        Command::Import(args) => commands::import::run(data, args).await,
-        Command::Bench(args) => bench::run(data, args).await,
+        Command::Export(args) => commands::export::run(&target, args).await,
+        Command::Import(args) => commands::import::run(&target, args).await,
+        Command::Bench(mut args) => {
+            args.postgres = args.postgres.or(target.postgres.clone());
+            bench::run(data, args).await
+        }
         Command::Serve(args) => commands::serve::run(data, args).await,
     }
 }

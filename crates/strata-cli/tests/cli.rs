@@ -748,3 +748,44 @@ fn every_subcommand_has_help() {
     let help = ok(&data, &["--help"]);
     assert!(help.contains("export"));
 }
+
+#[test]
+fn commands_work_against_postgres() {
+    let url = strata_postgres::cluster::shared().expect("PostgreSQL is needed for this test");
+    let database = format!("cli_{}", std::process::id());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await
+            .unwrap();
+    });
+    let url = url.replace("/postgres", &format!("/{database}"));
+    let (_dir, data) = store_dir();
+    let with_pg = |args: &[&str]| {
+        let mut all = vec!["--postgres", url.as_str()];
+        all.extend_from_slice(args);
+        ok(&data, &all)
+    };
+    with_pg(&[
+        "append",
+        "order-1",
+        "--type",
+        "Placed",
+        r#"{"total": 5}"#,
+        r#"{"total": 6}"#,
+    ]);
+    let events = json_lines(&with_pg(&["read", "order-1"]));
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["data"]["total"], 6);
+    assert_eq!(events[0]["type"], "Placed");
+    let all = json_lines(&with_pg(&["read", "$all", "--category", "order"]));
+    assert_eq!(all.len(), 2);
+    assert!(with_pg(&["stats"]).contains("postgres"));
+    assert!(with_pg(&["streams"]).contains("order-1"));
+    assert!(!data.exists(), "no embedded store was created");
+}

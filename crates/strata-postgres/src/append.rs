@@ -1,10 +1,11 @@
 //! One append (one or many streams) as one transaction: lock the stream rows in name
-//! order, check expected revisions and retries, insert the events, notify.
+//! order, check expected revisions and retries, insert the events.
 
 use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
-use tokio_postgres::Transaction;
+use deadpool_postgres::Transaction;
+use futures_util::future::try_join_all;
 use uuid::Uuid;
 
 use strata::engine::index::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
@@ -15,7 +16,6 @@ use strata::{
 };
 
 use crate::error::backend;
-use crate::head::CHANNEL;
 
 /// What a part of an append does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,9 +81,12 @@ pub async fn append(
             .into());
         }
     }
-    let mut rows = lock_rows(tx, &parts).await?;
+    // One round trip: lock (creating) the stream rows, learn this transaction's id, and
+    // look up each part's first event id (queries after the lock see every append that
+    // committed before it).
+    let (mut rows, xid, candidates) = lock_and_look_up(tx, &parts).await?;
     let mut retries = Vec::new();
-    for (part, kind) in &parts {
+    for ((part, kind), candidate) in parts.iter().zip(candidates) {
         let row = &rows[&part.stream];
         if row.tombstoned {
             return Err(AppendError::StreamDeleted {
@@ -91,8 +94,8 @@ pub async fn append(
             });
         }
         if *kind == Kind::Append && !part.events.is_empty() {
-            if let Some(result) = retry_of(tx, part).await? {
-                retries.push(result);
+            if let Some(start) = candidate {
+                retries.push(retry_of(tx, part, start).await?);
                 continue;
             }
         }
@@ -126,12 +129,6 @@ pub async fn append(
             event_id,
         });
     }
-    // Positions: this transaction's id in the high bits, the event's index in the low 20.
-    let xid: i64 = tx
-        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
-        .await
-        .map_err(backend)?
-        .get(0);
     let base = xid << 20;
     let mut columns = Columns::default();
     let mut results = Vec::with_capacity(parts.len());
@@ -193,28 +190,71 @@ pub async fn append(
     if columns.position.is_empty() {
         return Ok(results);
     }
-    insert(tx, &columns).await?;
-    for (name, row) in rows.iter().filter(|(_, row)| row.changed) {
-        let metadata = row.metadata.as_ref().map(StreamMetadata::to_json);
-        tx.execute(
-            "UPDATE strata_streams SET next_revision = $2, tombstoned = $3, metadata = $4 WHERE name = $1",
-            &[name, &(row.next_revision as i64), &row.tombstoned, &metadata],
-        )
-        .await
-        .map_err(backend)?;
-    }
-    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
-        .await
-        .map_err(backend)?;
+    let changed: Vec<(&String, &Row)> = rows.iter().filter(|(_, row)| row.changed).collect();
+    let names: Vec<&str> = changed.iter().map(|(name, _)| name.as_str()).collect();
+    let next: Vec<i64> = changed
+        .iter()
+        .map(|(_, row)| row.next_revision as i64)
+        .collect();
+    let tombstoned: Vec<bool> = changed.iter().map(|(_, row)| row.tombstoned).collect();
+    let metadata: Vec<Option<serde_json::Value>> = changed
+        .iter()
+        .map(|(_, row)| row.metadata.as_ref().map(StreamMetadata::to_json))
+        .collect();
+    let insert_statement = tx.prepare_cached(INSERT_EVENTS).await.map_err(backend)?;
+    let update_statement = tx.prepare_cached(UPDATE_STREAMS).await.map_err(backend)?;
+    // One round trip: the two statements are pipelined. (No NOTIFY here: a transaction
+    // that notifies takes a global lock through its commit, which would serialise every
+    // append's commit; the caller notifies after committing.)
+    let insert_params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+        &columns.position,
+        &columns.stream,
+        &columns.revision,
+        &columns.id,
+        &columns.event_type,
+        &columns.is_binary,
+        &columns.data,
+        &columns.metadata,
+        &columns.recorded_at,
+        &columns.valid_at,
+    ];
+    let update_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&names, &next, &tombstoned, &metadata];
+    let insert = tx.execute(&insert_statement, &insert_params);
+    let update = tx.execute(&update_statement, &update_params);
+    futures_util::try_join!(insert, update).map_err(backend)?;
     Ok(results)
 }
 
+const LOCK_STREAMS: &str = "INSERT INTO strata_streams (name) SELECT unnest($1::text[]) ORDER BY 1
+     ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+     RETURNING name, next_revision, tombstoned, metadata, pg_current_xact_id()::text::bigint";
+
+const FIND_ID: &str =
+    "SELECT revision FROM strata_events WHERE id = $1 AND stream = $2 ORDER BY revision LIMIT 1";
+
+const INSERT_EVENTS: &str = "INSERT INTO strata_events
+        (position, stream, revision, id, event_type, is_binary, data, metadata, recorded_at, valid_at)
+     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[],
+                          $6::boolean[], $7::bytea[], $8::bytea[], $9::bigint[], $10::bigint[])";
+
+const UPDATE_STREAMS: &str = "UPDATE strata_streams AS s
+     SET next_revision = u.next_revision, tombstoned = u.tombstoned, metadata = u.metadata
+     FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::jsonb[])
+          AS u(name, next_revision, tombstoned, metadata)
+     WHERE s.name = u.name";
+
+/// The row locks, the transaction id and each part's retry candidate (the revision of
+/// its first event id in its stream, if recorded).
+type Looked = (HashMap<String, Row>, i64, Vec<Option<i64>>);
+
 /// Locks (creating if needed) every stream row the append may touch, in name order so
-/// that concurrent appends never deadlock.
-async fn lock_rows(
+/// that concurrent appends never deadlock; in the same round trip, looks up each part's
+/// first event id.
+async fn lock_and_look_up(
     tx: &Transaction<'_>,
     parts: &[(AppendRequest, Kind)],
-) -> Result<HashMap<String, Row>, AppendError> {
+) -> Result<Looked, AppendError> {
     let mut names = BTreeSet::new();
     for (part, _) in parts {
         names.insert(part.stream.clone());
@@ -224,23 +264,28 @@ async fn lock_rows(
         };
     }
     let names: Vec<String> = names.into_iter().collect();
-    tx.execute(
-        "INSERT INTO strata_streams (name) SELECT unnest($1::text[]) ORDER BY 1 ON CONFLICT DO NOTHING",
-        &[&names],
-    )
-    .await
-    .map_err(backend)?;
-    let locked = tx
-        .query(
-            "SELECT name, next_revision, tombstoned, metadata FROM strata_streams
-             WHERE name = ANY($1) ORDER BY name FOR UPDATE",
-            &[&names],
-        )
-        .await
-        .map_err(backend)?;
+    let lock = tx.prepare_cached(LOCK_STREAMS).await.map_err(backend)?;
+    let find = tx.prepare_cached(FIND_ID).await.map_err(backend)?;
+    let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&names];
+    let locked = tx.query(&lock, &lock_params);
+    let lookups = try_join_all(parts.iter().map(|(part, kind)| {
+        let find = &find;
+        async move {
+            match part.events.first() {
+                Some(first) if *kind == Kind::Append => {
+                    let row = tx.query_opt(find, &[&first.id, &part.stream]).await?;
+                    Ok(row.map(|row| row.get::<_, i64>(0)))
+                }
+                _ => Ok(None),
+            }
+        }
+    }));
+    let (locked, candidates) = futures_util::try_join!(locked, lookups).map_err(backend)?;
     let mut rows = HashMap::with_capacity(locked.len());
+    let mut xid = 0;
     for row in locked {
         let metadata: Option<serde_json::Value> = row.get(3);
+        xid = row.get(4);
         rows.insert(
             row.get::<_, String>(0),
             Row {
@@ -251,27 +296,16 @@ async fn lock_rows(
             },
         );
     }
-    Ok(rows)
+    Ok((rows, xid, candidates))
 }
 
-/// If the part's events are already recorded in its stream in this order, the original
-/// result; if only some are, a conflict.
+/// The original result of a retried part whose first event is recorded at `start`; a
+/// conflict if only some of its events are recorded there in this order.
 async fn retry_of(
     tx: &Transaction<'_>,
     part: &AppendRequest,
-) -> Result<Option<AppendResult>, AppendError> {
-    let first = part.events[0].id;
-    let found = tx
-        .query_opt(
-            "SELECT revision FROM strata_events WHERE id = $1 AND stream = $2 ORDER BY revision LIMIT 1",
-            &[&first, &part.stream],
-        )
-        .await
-        .map_err(backend)?;
-    let Some(found) = found else {
-        return Ok(None);
-    };
-    let start: i64 = found.get(0);
+    start: i64,
+) -> Result<AppendResult, AppendError> {
     let recorded = tx
         .query(
             "SELECT id, position FROM strata_events WHERE stream = $1 AND revision >= $2 AND revision < $3 ORDER BY revision",
@@ -294,12 +328,12 @@ async fn retry_of(
         }
     }
     let start = start as u64;
-    Ok(Some(AppendResult {
+    Ok(AppendResult {
         stream: part.stream.clone(),
         first_revision: start,
         current_revision: CurrentRevision::Current(start + positions.len() as u64 - 1),
         positions,
-    }))
+    })
 }
 
 /// The events a part writes, by stream (deletes and revivals write metadata events), and
@@ -342,28 +376,4 @@ fn expand(
             (target.clone(), vec![(target, tombstone)])
         }
     }
-}
-
-async fn insert(tx: &Transaction<'_>, c: &Columns) -> Result<(), AppendError> {
-    tx.execute(
-        "INSERT INTO strata_events
-            (position, stream, revision, id, event_type, is_binary, data, metadata, recorded_at, valid_at)
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[],
-                              $6::boolean[], $7::bytea[], $8::bytea[], $9::bigint[], $10::bigint[])",
-        &[
-            &c.position,
-            &c.stream,
-            &c.revision,
-            &c.id,
-            &c.event_type,
-            &c.is_binary,
-            &c.data,
-            &c.metadata,
-            &c.recorded_at,
-            &c.valid_at,
-        ],
-    )
-    .await
-    .map_err(backend)?;
-    Ok(())
 }

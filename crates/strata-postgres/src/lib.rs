@@ -169,16 +169,43 @@ impl PostgresStore {
             tokio::time::sleep(delay()).await;
         }
         tx.commit().await.map_err(backend)?;
-        // Wait until the events are visible in the global order (usually at once), so a
-        // read of `$all` after an append sees it.
+        // Return once the events are visible in the global order, so that a read of
+        // `$all` after an append sees it: at once if no older transaction is still
+        // running (the usual case), else as soon as those transactions end.
         if let Some(last) = results.iter().filter_map(AppendResult::last_position).max() {
-            let mut head = self.head.clone();
-            let visible = head.wait_for(|h| h.is_some_and(|h| h >= last));
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), visible).await;
+            // Wake the head watchers (outside the append's transaction, see `append`), and
+            // learn in the same statement whether the events are visible yet.
+            let notify = client
+                .prepare_cached(&format!(
+                    "SELECT pg_notify('{}', ''), {}",
+                    head::CHANNEL,
+                    head::SAFE_BOUND_SQL
+                ))
+                .await
+                .map_err(backend)?;
+            let bound = client
+                .prepare_cached(&format!("SELECT {}", head::SAFE_BOUND_SQL))
+                .await
+                .map_err(backend)?;
+            let mut visible: i64 = client
+                .query_one(&notify, &[])
+                .await
+                .map_err(backend)?
+                .get(1);
+            let deadline = std::time::Instant::now() + VISIBLE_WAIT_MAX;
+            while last.0 >= visible as u64 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_micros(300)).await;
+                visible = client.query_one(&bound, &[]).await.map_err(backend)?.get(0);
+            }
         }
         Ok(results)
     }
 }
+
+/// How long an append waits for older transactions to end so that its events are visible
+/// in the global order before it returns anyway (a long transaction elsewhere in the
+/// database holds global readers back; the append itself is durable either way).
+pub const VISIBLE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long an append keeps retrying on broken connections before it reports the error.
 pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);

@@ -1,7 +1,8 @@
 //! Reads: one stream (honouring its metadata) and the global log (below the safe bound).
 
 use bytes::Bytes;
-use tokio_postgres::{Client, Row};
+use deadpool_postgres::ClientWrapper as Client;
+use tokio_postgres::Row;
 
 use strata::{
     ContentType, Direction, Filter, Position, ReadError, ReadStreamOptions, RecordedEvent,
@@ -79,7 +80,8 @@ pub async fn stream(
         Direction::Forwards => {
             let start = options.from.unwrap_or(0).max(lowest);
             let query = format!("SELECT {COLUMNS} FROM strata_events WHERE stream = $1 AND revision >= $2 ORDER BY revision LIMIT $3");
-            client.query(&query, &[&name, &(start.min(i64::MAX as u64) as i64), &limit]).await
+            let statement = client.prepare_cached(&query).await.map_err(backend)?;
+            client.query(&statement, &[&name, &(start.min(i64::MAX as u64) as i64), &limit]).await
         }
         Direction::Backwards => {
             let start = options.from.unwrap_or(len - 1).min(len - 1);
@@ -89,7 +91,8 @@ pub async fn stream(
             let query = format!(
                 "SELECT {COLUMNS} FROM strata_events WHERE stream = $1 AND revision <= $2 AND revision >= $3 ORDER BY revision DESC LIMIT $4"
             );
-            client.query(&query, &[&name, &(start as i64), &(lowest as i64), &limit]).await
+            let statement = client.prepare_cached(&query).await.map_err(backend)?;
+            client.query(&statement, &[&name, &(start as i64), &(lowest as i64), &limit]).await
         }
     }
     .map_err(backend)?;
@@ -131,7 +134,7 @@ pub async fn all(
             from.map_or(i64::MAX, |p| p.0.min(i64::MAX as u64) as i64),
         ),
     };
-    let statement = client.prepare(&query).await.map_err(backend)?;
+    let statement = client.prepare_cached(&query).await.map_err(backend)?;
     loop {
         let page = if filter.is_empty() {
             (limit - out.len()).min(i64::MAX as usize) as i64

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use strata::{AppendResult, ContentType, EventData, ExpectedRevision, Position};
 use uuid::Uuid;
 
-use super::{close_store, open_store, parse_expected};
+use super::{close_store, open_store, parse_expected, Target};
 use crate::error::{output_error, CliError};
 use crate::input::{json_message, EventLine, LineSource};
 use crate::output::write_json_line;
@@ -45,7 +45,7 @@ pub struct AppendArgs {
 }
 
 /// Runs `strata append`: prints where the events were recorded, as JSON.
-pub async fn run(data_dir: &Path, args: AppendArgs) -> Result<(), CliError> {
+pub async fn run(target: &Target, args: AppendArgs) -> Result<(), CliError> {
     let events = match &args.file {
         Some(path) => events_from_lines(path, args.event_type.as_deref())?,
         None => events_from_args(&args)?,
@@ -56,7 +56,7 @@ pub async fn run(data_dir: &Path, args: AppendArgs) -> Result<(), CliError> {
         ));
     }
     let ids: Vec<_> = events.iter().map(|e| e.id).collect();
-    let store = open_store(data_dir, true)?;
+    let store = open_store(target, true).await?;
     let result = store
         .append(args.stream.as_str(), args.expected, events)
         .await;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use strata::{Position, ReadAllOptions};
 
-use super::{close_store, open_store};
+use super::{close_store, open_store, Target};
 use crate::error::{output_error, CliError};
 use crate::output::{progress_bar, write_json_line, EventJson};
 
@@ -32,8 +32,8 @@ pub struct ExportArgs {
 }
 
 /// Runs `strata export`.
-pub async fn run(data_dir: &Path, args: ExportArgs) -> Result<(), CliError> {
-    let store = open_store(data_dir, false)?;
+pub async fn run(target: &Target, args: ExportArgs) -> Result<(), CliError> {
+    let store = open_store(target, false).await?;
     let out: Box<dyn Write> = if args.output == Path::new("-") {
         Box::new(std::io::stdout())
     } else {

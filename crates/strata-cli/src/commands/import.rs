@@ -11,7 +11,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use strata::engine::index::TOMBSTONE_EVENT_TYPE;
@@ -21,7 +21,7 @@ use strata::{
 };
 use uuid::Uuid;
 
-use super::{close_store, open_store};
+use super::{close_store, open_store, Target};
 use crate::error::{output_error, CliError};
 use crate::input::{EventLine, LineSource};
 use crate::output::progress_bar;
@@ -112,9 +112,9 @@ struct Importer<'a> {
 }
 
 /// Runs `strata import`.
-pub async fn run(data_dir: &Path, args: ImportArgs) -> Result<(), CliError> {
+pub async fn run(target: &Target, args: ImportArgs) -> Result<(), CliError> {
     let mut source = LineSource::open(&args.input)?;
-    let store = open_store(data_dir, true)?;
+    let store = open_store(target, true).await?;
     let mut importer = Importer {
         store: &store,
         input: source.name.clone(),

@@ -12,7 +12,7 @@ pub mod streams;
 pub mod tail;
 pub mod verify;
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use clap::Args;
 use strata::engine::IndexSource;
@@ -26,7 +26,22 @@ pub const ALL: &str = strata::stream::ALL_STREAM;
 /// Opens the store in `dir`. With `create`, a missing directory becomes a new store;
 /// without, it is an error (commands that only read should not create stores by typo).
 /// Notes on stderr what the open repaired.
-pub fn open_store(dir: &Path, create: bool) -> Result<Store, CliError> {
+/// Which store a command works on.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The embedded store's directory.
+    pub data: PathBuf,
+    /// A PostgreSQL database to use instead, if given.
+    pub postgres: Option<String>,
+}
+
+/// Opens the store of `target`: PostgreSQL if a URL was given, else the embedded store
+/// in its directory (created if `create`).
+pub async fn open_store(target: &Target, create: bool) -> Result<Store, CliError> {
+    if let Some(url) = &target.postgres {
+        return Ok(strata_postgres::connect(url).await?);
+    }
+    let dir = target.data.as_path();
     if !create && !dir.is_dir() {
         return Err(CliError::NoStore {
             path: dir.to_path_buf(),

@@ -1,12 +1,11 @@
 //! `strata read`: prints the events of a stream or of the global log.
 
 use std::io::{BufWriter, Write};
-use std::path::Path;
 
 use clap::Args;
 use strata::{Direction, Position, ReadAllOptions, ReadStreamOptions, RecordedEvent, Store};
 
-use super::{close_store, open_store, FilterArgs, ALL};
+use super::{close_store, open_store, FilterArgs, Target, ALL};
 use crate::error::{output_error, CliError};
 use crate::output::{event_row, write_json_line, EventJson, Format, Table, EVENT_COLUMNS};
 
@@ -83,9 +82,9 @@ impl<W: Write> EventPrinter<W> {
 }
 
 /// Runs `strata read`.
-pub async fn run(data_dir: &Path, args: ReadArgs) -> Result<(), CliError> {
+pub async fn run(target: &Target, args: ReadArgs) -> Result<(), CliError> {
     args.filter.only_for_all(&args.stream)?;
-    let store = open_store(data_dir, false)?;
+    let store = open_store(target, false).await?;
     let result = read(&store, &args).await;
     close_store(store).await?;
     result

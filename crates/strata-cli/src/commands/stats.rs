@@ -1,13 +1,12 @@
 //! `strata stats`: counts and sizes of the store.
 
 use std::io::Write;
-use std::path::Path;
 
 use clap::Args;
 use indicatif::HumanBytes;
 use serde::Serialize;
 
-use super::{close_store, open_store};
+use super::{close_store, open_store, Target};
 use crate::error::{output_error, CliError};
 use crate::output::write_json_line;
 
@@ -32,8 +31,8 @@ struct StatsOutput<'a> {
 }
 
 /// Runs `strata stats`.
-pub async fn run(data_dir: &Path, args: StatsArgs) -> Result<(), CliError> {
-    let store = open_store(data_dir, false)?;
+pub async fn run(target: &Target, args: StatsArgs) -> Result<(), CliError> {
+    let store = open_store(target, false).await?;
     let stats = store.stats().await;
     close_store(store).await?;
     let stats = stats?;
@@ -56,7 +55,7 @@ pub async fn run(data_dir: &Path, args: StatsArgs) -> Result<(), CliError> {
         let text = format!(
             "store:     {}\nbackend:   {}\nevents:    {}\nstreams:   {} (metadata streams included)\n\
              head:      {}\ndisk size: {} ({} bytes)\nsegments:  {}\n",
-            data_dir.display(),
+            &target.data.display(),
             stats.backend,
             stats.events,
             stats.streams,

@@ -1,13 +1,12 @@
 //! `strata streams`: lists the streams that have events.
 
 use std::io::{BufWriter, Write};
-use std::path::Path;
 
 use clap::Args;
 use serde::Serialize;
 use strata::ListStreamsOptions;
 
-use super::{close_store, open_store};
+use super::{close_store, open_store, Target};
 use crate::error::{output_error, CliError};
 use crate::output::{write_json_line, Format, Table};
 
@@ -38,8 +37,8 @@ struct StreamOutput<'a> {
 
 /// Runs `strata streams`: one line per stream, sorted by name, with the revision of its
 /// last event and how many of its events are visible under its metadata.
-pub async fn run(data_dir: &Path, args: StreamsArgs) -> Result<(), CliError> {
-    let store = open_store(data_dir, false)?;
+pub async fn run(target: &Target, args: StreamsArgs) -> Result<(), CliError> {
+    let store = open_store(target, false).await?;
     let options = ListStreamsOptions {
         prefix: args.prefix.clone(),
         after: None,

@@ -1,14 +1,13 @@
 //! `strata tail`: prints events as they are recorded, until Ctrl-C.
 
 use std::io::{BufWriter, IsTerminal, Stdout};
-use std::path::Path;
 
 use clap::Args;
 use strata::{Store, SubscribeFrom, SubscriptionMessage};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::read::EventPrinter;
-use super::{close_store, follow, open_store, FilterArgs, ALL};
+use super::{close_store, follow, open_store, FilterArgs, Target, ALL};
 use crate::error::CliError;
 use crate::output::Format;
 
@@ -108,7 +107,7 @@ impl Sink {
 }
 
 /// Runs `strata tail`.
-pub async fn run(data_dir: &Path, args: TailArgs) -> Result<(), CliError> {
+pub async fn run(target: &Target, args: TailArgs) -> Result<(), CliError> {
     args.filter.only_for_all(&args.stream)?;
     let mut shutdown = Shutdown::install();
     let mut sink = Sink {
@@ -119,7 +118,7 @@ pub async fn run(data_dir: &Path, args: TailArgs) -> Result<(), CliError> {
     if sink.done() {
         return Ok(());
     }
-    match open_store(data_dir, false) {
+    match open_store(target, false).await {
         Ok(store) => {
             let result = subscribe(&store, &args, &mut sink, &mut shutdown).await;
             close_store(store).await?;
@@ -128,11 +127,18 @@ pub async fn run(data_dir: &Path, args: TailArgs) -> Result<(), CliError> {
         Err(CliError::Locked { .. }) => {
             eprintln!("note: the store is open in another process; following its files read-only");
             let filter = (args.stream == ALL).then(|| args.filter.to_filter());
-            let target = follow::Target {
+            let wanted = follow::Target {
                 stream: (args.stream != ALL).then(|| args.stream.clone()),
                 filter: filter.unwrap_or_default(),
             };
-            follow::run(data_dir, target, args.from_start, &mut sink, &mut shutdown).await
+            follow::run(
+                &target.data,
+                wanted,
+                args.from_start,
+                &mut sink,
+                &mut shutdown,
+            )
+            .await
         }
         Err(error) => Err(error),
     }

@@ -24,6 +24,9 @@ mod error;
 pub mod head;
 mod read;
 mod schema;
+mod snapshots;
+
+pub use snapshots::PostgresSnapshots;
 
 use std::sync::Arc;
 
@@ -126,6 +129,11 @@ impl PostgresStore {
             limits: options.limits,
             append_delay: options.append_delay,
         })
+    }
+
+    /// A snapshot store in the same database, shared by every node.
+    pub fn snapshots(&self) -> PostgresSnapshots {
+        PostgresSnapshots::new(self.pool.clone())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {

@@ -32,6 +32,14 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (stream, revision)
      );
      CREATE INDEX strata_events_id ON strata_events (id);",
+    // 2: aggregate snapshots.
+    "CREATE TABLE strata_snapshots (
+        stream text PRIMARY KEY,
+        state_version integer NOT NULL,
+        revision bigint NOT NULL,
+        position bigint NOT NULL,
+        state jsonb NOT NULL
+     );",
 ];
 
 /// Brings the schema to the newest version.

@@ -22,15 +22,23 @@ async fn concurrent_withdrawals_never_overdraw() {
         .batch_execute(&format!("CREATE DATABASE {database}"))
         .await
         .unwrap();
-    let store: Store = strata_postgres::connect(&url.replace("/postgres", &format!("/{database}")))
-        .await
-        .unwrap();
+    let backend = strata_postgres::PostgresStore::connect(
+        &url.replace("/postgres", &format!("/{database}")),
+        strata_postgres::PostgresOptions {
+            pool_size: 40,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let snapshots = std::sync::Arc::new(backend.snapshots());
+    let store = Store::from_backend(std::sync::Arc::new(backend));
     let config = RepositoryConfig {
         max_attempts: 1000,
         snapshot_every: Some(25),
     };
     let accounts = Repository::<Account>::new(store.clone())
-        .with_snapshots(std::sync::Arc::new(strata::model::MemorySnapshots::new()))
+        .with_snapshots(snapshots.clone())
         .with_config(config);
     let ctx = CommandContext::new();
     accounts

@@ -71,6 +71,8 @@ pub enum Section {
     Model,
     /// The PostgreSQL backend next to PostgreSQL's own floor and the embedded engine.
     Postgres,
+    /// Projection rebuilds: serial, parallel, in-memory and durable sinks.
+    Projections,
 }
 
 /// One measured figure.
@@ -172,6 +174,17 @@ async fn run_in(root: &Path, args: &BenchArgs) -> Result<Report, CliError> {
     }
     if all || args.only.contains(&Section::Model) {
         crate::bench_model::run(root, repeat, timed, &mut report).await?;
+    }
+    if all || args.only.contains(&Section::Projections) {
+        let options = strata::projection::bench::ProjectionBenchOptions::new(events).repeat(repeat);
+        strata::projection::bench::projection_benchmarks(&root.join("projections"), options, |f| {
+            report.add(Figure {
+                ratio: f.ratio.clone(),
+                ..figure(f.name.clone(), f.value, f.unit)
+            })
+        })
+        .await
+        .map_err(|e| CliError::Bench(e.to_string()))?;
     }
     if all || args.only.contains(&Section::Postgres) {
         crate::bench_postgres::run(

@@ -15,11 +15,13 @@ mod state;
 mod verify;
 mod writer;
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{AppendError, OpenError, ReadError, StorageError};
@@ -29,6 +31,7 @@ use crate::store::{
     ReadStreamOptions, StoreStats, StreamInfo,
 };
 use crate::{stream, ExpectedRevision};
+use format::record::RecordView;
 use index::checkpoint;
 use io::{DirStorage, Storage};
 use state::Shared;
@@ -137,6 +140,63 @@ impl Engine {
     /// The options the store was opened with.
     pub fn options(&self) -> &Options {
         &self.shared.options
+    }
+
+    /// Visits the durable events of the global log from `from` (inclusive), in log
+    /// order, without allocating per event: `visit` gets a view of each record, the
+    /// checked buffer it lies in (`RecordView::to_event(buffer)` makes an owned event)
+    /// and the offset of the record in that buffer (it is `record_len` bytes long), and
+    /// ends the scan early by returning `Break`. Events that become durable during the
+    /// scan may or may not be visited.
+    ///
+    /// Blocking: call it from a blocking thread. Projection rebuilds use it (each thread
+    /// of a parallel rebuild scans its own blocks of the log): it is about three times
+    /// faster than reading owned events.
+    pub fn scan(
+        &self,
+        from: Position,
+        mut visit: impl FnMut(&RecordView<'_>, &Bytes, usize) -> ControlFlow<()>,
+    ) -> Result<(), StorageError> {
+        let (mut index, mut offset) = {
+            let segments = self.shared.segments();
+            let Some(i) = segments.find(from.0) else {
+                return Ok(());
+            };
+            let Some((_, offset)) = segments.list[i].seek(from.0) else {
+                return Ok(());
+            };
+            (i, offset)
+        };
+        loop {
+            let (file, name, end) = {
+                let segments = self.shared.segments();
+                let Some(segment) = segments.list.get(index) else {
+                    return Ok(());
+                };
+                (
+                    segment.file.clone(),
+                    segment.name.clone(),
+                    segment.end_offset,
+                )
+            };
+            let flow = reader::for_each_frame(&*file, &name, offset.into(), end.into(), |frame| {
+                if frame.header.end_position() <= from.0 {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                frame.for_each_record(&name, |view, file_offset| {
+                    if view.position < from.0 {
+                        return ControlFlow::Continue(());
+                    }
+                    let at = frame.at + (file_offset - frame.file_offset) as usize;
+                    visit(&view, frame.chunk, at)
+                })
+            })?;
+            if flow.is_break() {
+                return Ok(());
+            }
+            index += 1;
+            offset = format::segment::HEADER_LEN as u32;
+        }
     }
 
     /// Writes the index checkpoint now (it is also written as the log grows and at close).

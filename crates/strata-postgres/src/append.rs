@@ -12,7 +12,7 @@ use strata::engine::index::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use strata::metadata::DELETED_TRUNCATE_BEFORE;
 use strata::{
     stream, AppendError, AppendRequest, AppendResult, ContentType, CurrentRevision, EventData,
-    ExpectedRevision, InvalidInput, Position, StreamMetadata, Timestamp,
+    InvalidInput, Position, StreamMetadata, Timestamp,
 };
 
 use crate::error::backend;
@@ -100,13 +100,7 @@ pub async fn append(
             }
         }
         let current = row.current();
-        let matches = match part.expected {
-            ExpectedRevision::Any => true,
-            ExpectedRevision::NoStream => current == CurrentRevision::NoStream,
-            ExpectedRevision::StreamExists => current != CurrentRevision::NoStream,
-            ExpectedRevision::Exact(revision) => current == CurrentRevision::Current(revision),
-        };
-        if !matches {
+        if !part.expected.is_satisfied_by(current) {
             return Err(AppendError::WrongExpectedRevision {
                 stream: part.stream.clone(),
                 expected: part.expected,

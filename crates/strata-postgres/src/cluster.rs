@@ -63,6 +63,26 @@ pub fn shared() -> Result<&'static str, ClusterError> {
     }
 }
 
+/// A new, empty database on the [`shared`] cluster (named `{prefix}_{pid}_{n}`), for one
+/// test; returns its URL.
+pub async fn fresh_database(prefix: &str) -> Result<String, ClusterError> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let url = shared()?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let name = format!("{prefix}_{}_{n}", std::process::id());
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| failed("connect to the shared cluster", e))?;
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .map_err(|e| failed("create a test database", e))?;
+    drop(client);
+    let _ = driver.await;
+    Ok(url.replacen("/postgres", &format!("/{name}"), 1))
+}
+
 /// A running throw-away cluster.
 #[derive(Debug)]
 pub struct TestCluster {

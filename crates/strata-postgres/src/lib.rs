@@ -297,10 +297,7 @@ impl EventStore for PostgresStore {
                 let metadata = metadata
                     .and_then(|m| strata::StreamMetadata::from_json(&m).ok())
                     .unwrap_or_default();
-                let lowest = metadata
-                    .truncate_before
-                    .unwrap_or(0)
-                    .max(metadata.max_count.map_or(0, |c| len.saturating_sub(c)));
+                let lowest = metadata.first_visible(len);
                 StreamInfo {
                     name: row.get(0),
                     last_revision: len - 1,

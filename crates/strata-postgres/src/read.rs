@@ -70,11 +70,7 @@ pub async fn stream(
     if metadata.is_deleted() || len == 0 {
         return Err(not_found());
     }
-    let lowest = metadata.truncate_before.unwrap_or(0).max(
-        metadata
-            .max_count
-            .map_or(0, |count| len.saturating_sub(count)),
-    );
+    let lowest = metadata.first_visible(len);
     let limit = options.limit.min(i64::MAX as usize) as i64;
     let rows = match options.direction {
         Direction::Forwards => {

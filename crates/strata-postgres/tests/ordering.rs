@@ -16,22 +16,11 @@ const WRITERS: usize = 12;
 const APPENDS: usize = 25;
 const SUBSCRIBERS: usize = 3;
 
-async fn database(name: &str) -> String {
-    let url = strata_postgres::cluster::shared().expect("PostgreSQL is needed for these tests");
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    url.replace("/postgres", &format!("/{name}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_never_skip_an_event_that_commits_late() {
-    let url = database(&format!("ordering_{}", std::process::id())).await;
+    let url = strata_postgres::cluster::fresh_database("ordering")
+        .await
+        .expect("PostgreSQL is needed for these tests");
     // A deterministic spread of pauses from 0 to 30 ms.
     let counter = Arc::new(AtomicU64::new(0x2545_f491));
     let delay = {

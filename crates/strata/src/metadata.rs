@@ -42,6 +42,13 @@ impl StreamMetadata {
         self.truncate_before == Some(DELETED_TRUNCATE_BEFORE)
     }
 
+    /// The lowest revision reads show of a stream whose next revision is `len`, by
+    /// truncate-before and max count (max age is checked against each event's time).
+    pub fn first_visible(&self, len: u64) -> u64 {
+        let by_count = self.max_count.map_or(0, |count| len.saturating_sub(count));
+        self.truncate_before.unwrap_or(0).max(by_count)
+    }
+
     /// The JSON object stored in the metadata stream.
     pub fn to_json(&self) -> Value {
         let mut object = Map::new();

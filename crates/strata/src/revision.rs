@@ -19,6 +19,24 @@ pub enum ExpectedRevision {
     Exact(u64),
 }
 
+impl ExpectedRevision {
+    /// Whether a stream in state `current` meets this expectation.
+    ///
+    /// ```
+    /// use strata::{CurrentRevision, ExpectedRevision};
+    /// assert!(ExpectedRevision::NoStream.is_satisfied_by(CurrentRevision::NoStream));
+    /// assert!(!ExpectedRevision::Exact(1).is_satisfied_by(CurrentRevision::Current(2)));
+    /// ```
+    pub fn is_satisfied_by(self, current: CurrentRevision) -> bool {
+        match self {
+            ExpectedRevision::Any => true,
+            ExpectedRevision::NoStream => current == CurrentRevision::NoStream,
+            ExpectedRevision::StreamExists => current != CurrentRevision::NoStream,
+            ExpectedRevision::Exact(revision) => current == CurrentRevision::Current(revision),
+        }
+    }
+}
+
 impl fmt::Display for ExpectedRevision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

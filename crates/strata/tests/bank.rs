@@ -1,95 +1,18 @@
-//! The bank example under concurrency: many withdrawals race on one account; the balance
-//! never goes negative and no money is created or lost.
-#![allow(clippy::unwrap_used)]
+//! The bank example under concurrency on the embedded engine (the scenario is shared with
+//! the PostgreSQL backend's tests).
 
 #[path = "../examples/bank/domain.rs"]
 #[allow(dead_code, missing_docs)]
 mod domain;
+#[path = "../examples/bank/scenario.rs"]
+mod scenario;
 
-use domain::{Account, AccountCommand, AccountError, AccountEvent};
-use strata::model::{decode, CommandContext, HandleError, Repository, RepositoryConfig, Upcasters};
-use strata::{ReadStreamOptions, Store};
+use std::sync::Arc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_withdrawals_never_overdraw() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let config = RepositoryConfig {
-        max_attempts: 1000,
-        snapshot_every: Some(25),
-    };
-    let accounts = Repository::<Account>::new(store.clone())
-        .with_snapshots(std::sync::Arc::new(strata::model::MemorySnapshots::new()))
-        .with_config(config);
-    let ctx = CommandContext::new();
-    accounts
-        .handle(
-            "shared",
-            &AccountCommand::Open {
-                owner: "Both".into(),
-            },
-            &ctx,
-        )
-        .await
-        .unwrap();
-    accounts
-        .handle("shared", &AccountCommand::Deposit { amount: 1000 }, &ctx)
-        .await
-        .unwrap();
-    let tasks: Vec<_> = (0..32)
-        .map(|task| {
-            let accounts = accounts.clone();
-            tokio::spawn(async move {
-                let (mut withdrawn, mut refused) = (0u64, 0u64);
-                for i in 0..10 {
-                    let amount = 1 + (task * 7 + i * 3) % 9;
-                    match accounts
-                        .handle(
-                            "shared",
-                            &AccountCommand::Withdraw { amount },
-                            &CommandContext::new(),
-                        )
-                        .await
-                    {
-                        Ok(handled) => {
-                            assert_eq!(handled.events, vec![AccountEvent::Withdrawn { amount }]);
-                            withdrawn += amount;
-                        }
-                        Err(HandleError::Domain(AccountError::InsufficientFunds { .. })) => {
-                            refused += 1
-                        }
-                        Err(other) => panic!("unexpected {other}"),
-                    }
-                }
-                (withdrawn, refused)
-            })
-        })
-        .collect();
-    let mut withdrawn = 0;
-    for task in tasks {
-        withdrawn += task.await.unwrap().0;
-    }
-    let balance = accounts.load("shared").await.unwrap().state.balance;
-    assert_eq!(balance + withdrawn, 1000, "no money created or lost");
-    // Replaying the log from scratch shows the balance never went below zero.
-    let events = store
-        .read_stream("account-shared", ReadStreamOptions::forwards())
-        .await
-        .unwrap();
-    let mut running: i64 = 0;
-    for event in &events {
-        for decoded in decode::<AccountEvent>(event, &Upcasters::new()).unwrap() {
-            match decoded {
-                AccountEvent::Deposited { amount } => running += amount as i64,
-                AccountEvent::Withdrawn { amount } => running -= amount as i64,
-                _ => {}
-            }
-            assert!(running >= 0, "overdrawn at revision {}", event.revision);
-        }
-    }
-    assert_eq!(running as u64, balance);
-    assert!(
-        withdrawn > 900,
-        "the account was nearly emptied: {withdrawn}"
-    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = strata::Store::open(dir.path()).expect("open");
+    let snapshots = Arc::new(strata::model::MemorySnapshots::new());
+    scenario::concurrent_withdrawals_never_overdraw(store, snapshots).await;
 }

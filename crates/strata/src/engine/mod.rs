@@ -278,11 +278,7 @@ impl Engine {
                 return Err(not_found());
             }
             let metadata = entry.metadata.as_deref().cloned().unwrap_or_default();
-            let lowest = metadata.truncate_before.unwrap_or(0).max(
-                metadata
-                    .max_count
-                    .map_or(0, |count| len.saturating_sub(count)),
-            );
+            let lowest = metadata.first_visible(len);
             let limit = options.limit as u64;
             let revisions: Vec<u64> = match options.direction {
                 Direction::Forwards => {
@@ -444,11 +440,7 @@ impl EventStore for Engine {
             .map(|(name, entry)| {
                 let len = entry.next_revision();
                 let metadata = entry.metadata.as_deref();
-                let lowest = metadata.and_then(|m| m.truncate_before).unwrap_or(0).max(
-                    metadata
-                        .and_then(|m| m.max_count)
-                        .map_or(0, |c| len.saturating_sub(c)),
-                );
+                let lowest = metadata.map_or(0, |m| m.first_visible(len));
                 StreamInfo {
                     name: name.to_string(),
                     last_revision: len - 1,

@@ -223,13 +223,7 @@ impl Planner<'_> {
             }
         }
         let current = view.current();
-        let matches = match part.expected {
-            ExpectedRevision::Any => true,
-            ExpectedRevision::NoStream => current == CurrentRevision::NoStream,
-            ExpectedRevision::StreamExists => current != CurrentRevision::NoStream,
-            ExpectedRevision::Exact(revision) => current == CurrentRevision::Current(revision),
-        };
-        if !matches {
+        if !part.expected.is_satisfied_by(current) {
             return Err(AppendError::WrongExpectedRevision {
                 stream: part.stream.clone(),
                 expected: part.expected,

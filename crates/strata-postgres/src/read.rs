@@ -72,12 +72,21 @@ pub async fn stream(
     }
     let lowest = metadata.first_visible(len);
     let limit = options.limit.min(i64::MAX as usize) as i64;
+    // Max age is part of the query, so a page is never emptied by expired events.
+    let cutoff = metadata.max_age.map_or(i64::MIN, |max_age| {
+        Timestamp::now()
+            .as_micros()
+            .saturating_sub(max_age.as_micros() as u64) as i64
+    });
     let rows = match options.direction {
         Direction::Forwards => {
             let start = options.from.unwrap_or(0).max(lowest);
-            let query = format!("SELECT {COLUMNS} FROM strata_events WHERE stream = $1 AND revision >= $2 ORDER BY revision LIMIT $3");
+            let query = format!(
+                "SELECT {COLUMNS} FROM strata_events WHERE stream = $1 AND revision >= $2 AND recorded_at >= $4
+                 ORDER BY revision LIMIT $3"
+            );
             let statement = client.prepare_cached(&query).await.map_err(backend)?;
-            client.query(&statement, &[&name, &(start.min(i64::MAX as u64) as i64), &limit]).await
+            client.query(&statement, &[&name, &(start.min(i64::MAX as u64) as i64), &limit, &cutoff]).await
         }
         Direction::Backwards => {
             let start = options.from.unwrap_or(len - 1).min(len - 1);
@@ -85,21 +94,15 @@ pub async fn stream(
                 return Ok(Vec::new());
             }
             let query = format!(
-                "SELECT {COLUMNS} FROM strata_events WHERE stream = $1 AND revision <= $2 AND revision >= $3 ORDER BY revision DESC LIMIT $4"
+                "SELECT {COLUMNS} FROM strata_events WHERE stream = $1 AND revision <= $2 AND revision >= $3
+                 AND recorded_at >= $5 ORDER BY revision DESC LIMIT $4"
             );
             let statement = client.prepare_cached(&query).await.map_err(backend)?;
-            client.query(&statement, &[&name, &(start as i64), &(lowest as i64), &limit]).await
+            client.query(&statement, &[&name, &(start as i64), &(lowest as i64), &limit, &cutoff]).await
         }
     }
     .map_err(backend)?;
-    let mut events: Vec<RecordedEvent> = rows.iter().map(event).collect();
-    if let Some(max_age) = metadata.max_age {
-        let cutoff = Timestamp::now()
-            .as_micros()
-            .saturating_sub(max_age.as_micros() as u64);
-        events.retain(|e| e.recorded_at.as_micros() >= cutoff);
-    }
-    Ok(events)
+    Ok(rows.iter().map(event).collect())
 }
 
 /// Reads the global log below the safe bound, filtered, in pages.

@@ -202,6 +202,17 @@ pub async fn expected_revision_checks(h: &Harness) {
         .append(&stream, ExpectedRevision::NoStream, events(2))
         .await
         .unwrap();
+    // The largest revision is an ordinary mismatch, not an overflow.
+    match store
+        .append(&stream, ExpectedRevision::Exact(u64::MAX), events(1))
+        .await
+    {
+        Err(AppendError::WrongExpectedRevision {
+            actual: CurrentRevision::Current(1),
+            ..
+        }) => {}
+        other => panic!("expected a conflict, got {other:?}"),
+    }
     match store
         .append(&stream, ExpectedRevision::NoStream, events(1))
         .await
@@ -593,10 +604,13 @@ pub async fn metadata_rules(h: &Harness) {
 pub async fn max_age_hides_old_events(h: &Harness) {
     let store = &h.store;
     let stream = unique("conf-");
-    store
-        .append(&stream, ExpectedRevision::NoStream, events(2))
-        .await
-        .unwrap();
+    // More expired events than one page of a subscription (512) holds.
+    for _ in 0..10 {
+        store
+            .append(&stream, ExpectedRevision::Any, events(60))
+            .await
+            .unwrap();
+    }
     let metadata = StreamMetadata {
         max_age: Some(Duration::from_secs(1)),
         ..StreamMetadata::default()
@@ -605,23 +619,45 @@ pub async fn max_age_hides_old_events(h: &Harness) {
         .set_stream_metadata(&stream, ExpectedRevision::Any, &metadata)
         .await
         .unwrap();
-    assert_eq!(read(store, &stream).await.len(), 2);
+    assert_eq!(read(store, &stream).await.len(), 600);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     store
-        .append(&stream, ExpectedRevision::Exact(1), events(1))
+        .append(&stream, ExpectedRevision::Exact(599), events(1))
         .await
         .unwrap();
     let visible = read(store, &stream).await;
     assert_eq!(
         visible.iter().map(|e| e.revision).collect::<Vec<_>>(),
-        vec![2],
+        vec![600],
         "events older than max age are hidden"
+    );
+    let page = store
+        .read_stream(&stream, ReadStreamOptions::forwards().limit(512))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.len(),
+        1,
+        "a page is not emptied by expired events before it"
     );
     let back = store
         .read_stream(&stream, ReadStreamOptions::backwards())
         .await
         .unwrap();
     assert_eq!(back.len(), 1);
+    let mut subscription = store.subscribe_stream(&stream, SubscribeFrom::Start);
+    let first = tokio::time::timeout(Duration::from_secs(10), subscription.next_event())
+        .await
+        .expect("not stalled");
+    assert_eq!(first.unwrap().revision, 600);
+    store
+        .append(&stream, ExpectedRevision::Exact(600), events(1))
+        .await
+        .unwrap();
+    let live = tokio::time::timeout(Duration::from_secs(10), subscription.next_event())
+        .await
+        .expect("not stalled");
+    assert_eq!(live.unwrap().revision, 601);
 }
 
 pub async fn soft_delete_and_revival(h: &Harness) {

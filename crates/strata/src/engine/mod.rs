@@ -265,7 +265,7 @@ impl Engine {
         let not_found = || ReadError::StreamNotFound {
             stream: name.to_owned(),
         };
-        let (locations, max_age) = {
+        let (locations, max_age, last_read) = {
             let index = self.shared.index();
             let entry = index.streams.get(name).ok_or_else(not_found)?;
             if entry.tombstoned {
@@ -299,7 +299,7 @@ impl Engine {
                 .iter()
                 .map(|&r| entry.locations[r as usize])
                 .collect();
-            (locations, metadata.max_age)
+            (locations, metadata.max_age, revisions.last().copied())
         };
         let mut events = reader::read_locations(&self.shared, &locations)?;
         if let Some(max_age) = max_age {
@@ -307,8 +307,9 @@ impl Engine {
             let cutoff = now.saturating_sub(u64::try_from(max_age.as_micros()).unwrap_or(u64::MAX));
             events.retain(|event| event.recorded_at.as_micros() >= cutoff);
             if options.direction == Direction::Forwards && events.len() < locations.len() {
-                // Expired events are the oldest ones: read on past them to fill the page.
-                if let Some(last) = events.last().map(|e| e.revision) {
+                // Expired events are the oldest ones: read on past them (past whole pages
+                // of them if need be) to fill the page.
+                if let Some(last) = last_read {
                     let more = options
                         .from_revision(last + 1)
                         .limit(locations.len() - events.len());

@@ -68,6 +68,16 @@ impl Options {
                 self.segment_size_bytes
             ));
         }
+        // Record headers keep name lengths in 16 bits; a metadata stream adds "$$".
+        if self.limits.stream_name_bytes_max > usize::from(u16::MAX) - 2
+            || self.limits.event_type_bytes_max > usize::from(u16::MAX)
+        {
+            return invalid(format!(
+                "stream names are limited to {} bytes and event types to {} bytes by the format",
+                u16::MAX - 2,
+                u16::MAX
+            ));
+        }
         if self.limits.event_size_bytes_max > self.limits.append_size_bytes_max {
             return invalid("event_size_bytes_max exceeds append_size_bytes_max".into());
         }
@@ -123,5 +133,11 @@ mod tests {
             ..Options::default()
         };
         assert!(tiny.validate().is_err());
+        let mut long_names = Options::small_for_tests();
+        long_names.limits.stream_name_bytes_max = 70_000;
+        assert!(
+            long_names.validate().is_err(),
+            "names longer than the format allows"
+        );
     }
 }

@@ -200,7 +200,9 @@ pub fn recover(storage: &dyn Storage, options: &Options) -> Result<Recovered, St
             info,
             index: &mut index,
             len: seg.len,
-            is_last: i + 1 == count,
+            // A removed half-created segment proves the one before it was sealed and
+            // synced: damage there is corruption, not a torn tail.
+            is_last: i + 1 == count && report.removed_segment.is_none(),
             scanned: &mut report.scanned_events,
             last_recorded_at: &mut last_recorded_at,
         };
@@ -210,6 +212,14 @@ pub fn recover(storage: &dyn Storage, options: &Options) -> Result<Recovered, St
     }
     if segments.list.is_empty() {
         segments.list.push(create_segment(storage, 1, 0)?);
+    }
+    // Bytes a crashed process wrote but never synced may still sit in the page cache and
+    // were just scanned as valid: make them durable before serving them, or a power loss
+    // could take back events that readers saw, and their positions would be reused.
+    if let Some(last) = segments.list.last() {
+        last.file
+            .sync_data()
+            .map_err(|e| StorageError::io("fdatasync", &last.name, e))?;
     }
     report.events = index.events;
     Ok(Recovered {
@@ -501,7 +511,7 @@ impl Scan<'_> {
         }
         let mut tail = vec![0u8; (self.len - bad) as usize];
         read_exact_at(file, &mut tail, bad).map_err(io_error("read", name))?;
-        if let Some(later) = later_batch_frame(&tail, bad) {
+        if let Some(later) = later_batch_frame(&tail, bad, self.info.end_position) {
             return Err(StorageError::corrupt(
                 name,
                 bad,
@@ -529,17 +539,32 @@ impl Scan<'_> {
 /// Looks in `tail` (the bytes from file offset `bad` on) for a valid frame whose batch
 /// started after `bad`. Its existence proves the bytes at `bad` were synced before that
 /// batch was written, so they are damage, not a torn write.
-pub(super) fn later_batch_frame(tail: &[u8], bad: u64) -> Option<u64> {
+///
+/// `expected_position` is the position the frame at `bad` should have started at: a
+/// genuine later frame starts at or after it, and its batch starts between `bad` and
+/// itself. When the bad frame's own length is readable and fits, its bytes are skipped:
+/// event data may contain bytes that look like a frame.
+pub(super) fn later_batch_frame(tail: &[u8], bad: u64, expected_position: u64) -> Option<u64> {
     let magic = frame::MAGIC.to_le_bytes();
-    let mut at = 1;
+    let mut at = match frame::parse_header(tail) {
+        Ok(header) if (header.length as usize) <= tail.len() => header.length as usize,
+        _ => 1,
+    };
     while at + frame::HEADER_LEN <= tail.len() {
         if tail[at..at + 4] != magic {
             at += 1;
             continue;
         }
+        let here = bad + at as u64;
         match frame::check(&tail[at..]) {
-            Ok(header) if u64::from(header.batch_offset) > bad => return Some(bad + at as u64),
-            Ok(header) => at += header.length as usize,
+            Ok(header)
+                if u64::from(header.batch_offset) > bad
+                    && u64::from(header.batch_offset) <= here
+                    && header.first_position >= expected_position =>
+            {
+                return Some(here)
+            }
+            Ok(header) => at += (header.length as usize).max(1),
             Err(_) => at += 1,
         }
     }

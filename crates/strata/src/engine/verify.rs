@@ -230,7 +230,7 @@ impl Check<'_> {
         }
         let mut tail = vec![0u8; (len - bad) as usize];
         read_exact_at(file, &mut tail, bad).map_err(|e| StorageError::io("read", name, e))?;
-        if let Some(later) = later_batch_frame(&tail, bad) {
+        if let Some(later) = later_batch_frame(&tail, bad, self.next_position.unwrap_or(0)) {
             return Err(StorageError::corrupt(
                 name,
                 bad,

@@ -157,6 +157,8 @@ impl Writer {
                 tracing::warn!(%error, "could not write the index checkpoint at close");
             }
         }
+        // Never leave a checkpoint write running past the lock's release.
+        self.finish_background_checkpoint();
     }
 
     fn process(&mut self, batch: &mut Vec<Command>) {
@@ -212,6 +214,7 @@ impl Writer {
             }
             Err(error) => {
                 self.poison(&error);
+                self.drop_unpublished();
                 for reply in replies {
                     let _ = reply.send(Err(error.clone().into()));
                 }
@@ -269,6 +272,14 @@ impl Writer {
                 // Seal the current segment: write and sync what it has, then start the
                 // next one, so every segment but the last is complete and durable.
                 self.write_and_sync(&buffer, buffer_offset)?;
+                if self.shared.options.durability != Durability::Fsync {
+                    // A sealed segment is always synced, whatever the durability: damage
+                    // in a sealed segment is reported as corruption at the next open.
+                    self.tail
+                        .file
+                        .sync_data()
+                        .map_err(|e| StorageError::io("fdatasync", &self.tail.name, e))?;
+                }
                 buffer.clear();
                 let next = create_segment(&*shared.storage, self.tail.number + 1, next_position)?;
                 output.created.push(SegmentInfo {
@@ -421,6 +432,26 @@ impl Writer {
             ));
         }
         shared.publish_head();
+    }
+
+    /// After a failed write or sync, cuts what the failed batch wrote off the current
+    /// segment (best effort): after a failed fsync the kernel may have marked those pages
+    /// clean without writing them, and a later open must not serve bytes that may not be
+    /// on disk.
+    fn drop_unpublished(&mut self) {
+        let published = {
+            let segments = self.shared.segments();
+            segments
+                .by_number(self.tail.number)
+                .map_or(segment::HEADER_LEN as u32, |s| s.end_offset)
+        };
+        let file = &self.tail.file;
+        if let Err(error) = file
+            .set_len(u64::from(published))
+            .and_then(|()| file.sync_data())
+        {
+            tracing::warn!(%error, file = self.tail.name, "could not cut the failed batch off the segment");
+        }
     }
 
     fn poison(&self, error: &StorageError) {

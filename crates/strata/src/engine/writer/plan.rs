@@ -238,7 +238,11 @@ impl Planner<'_> {
     fn retry_of(&self, part: &Part, view: &View) -> Result<Option<AppendResult>, AppendError> {
         let first = &part.events[0];
         let candidate = match part.expected {
-            ExpectedRevision::Exact(revision) if revision + 1 < view.next_revision => {
+            ExpectedRevision::Exact(revision)
+                if revision
+                    .checked_add(1)
+                    .is_some_and(|next| next < view.next_revision) =>
+            {
                 Some(revision + 1)
             }
             ExpectedRevision::NoStream if view.next_revision > 0 => Some(0),

@@ -145,8 +145,7 @@ pub async fn run(data_dir: &Path, args: BenchArgs) -> Result<(), CliError> {
     let _ = fs::remove_dir_all(&root);
     let report = outcome?;
     if let Some(path) = &args.output {
-        let json = serde_json::to_string_pretty(&report.figures)
-            .map_err(|e| CliError::Bench(e.to_string()))?;
+        let json = serde_json::to_string_pretty(&report.figures).map_err(bench_error)?;
         io(fs::write(path, json), "cannot write the results")?;
     }
     Ok(())
@@ -184,7 +183,7 @@ async fn run_in(root: &Path, args: &BenchArgs) -> Result<Report, CliError> {
             })
         })
         .await
-        .map_err(|e| CliError::Bench(e.to_string()))?;
+        .map_err(bench_error)?;
     }
     if all || args.only.contains(&Section::Postgres) {
         crate::bench_postgres::run(
@@ -479,7 +478,7 @@ pub(crate) async fn append_load(
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for task in tasks {
-        latencies.extend(task.await.map_err(|e| CliError::Bench(e.to_string()))??);
+        latencies.extend(task.await.map_err(bench_error)??);
     }
     let elapsed_s = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
@@ -513,20 +512,21 @@ async fn build(dir: &Path, events: u64) -> Result<(), CliError> {
         }));
         if pending.len() >= 8 {
             for task in pending.drain(..) {
-                task.await.map_err(|e| CliError::Bench(e.to_string()))??;
+                task.await.map_err(bench_error)??;
             }
         }
         written += n;
     }
     for task in pending {
-        task.await.map_err(|e| CliError::Bench(e.to_string()))??;
+        task.await.map_err(bench_error)??;
     }
     store.close().await?;
     Ok(())
 }
 
-async fn reads(dir: &Path, events: u64, report: &mut Report) -> Result<(), CliError> {
-    let store = Store::open(dir)?;
+/// Reads the whole global log in pages of 4 096; returns the events read and the seconds
+/// it took.
+pub(crate) async fn read_whole_log(store: &Store) -> Result<(u64, f64), CliError> {
     let start = Instant::now();
     let mut read = 0u64;
     let mut from = strata::Position::START;
@@ -538,7 +538,17 @@ async fn reads(dir: &Path, events: u64, report: &mut Report) -> Result<(), CliEr
         from = last.position.next();
         read += page.len() as u64;
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    Ok((read, start.elapsed().as_secs_f64()))
+}
+
+/// A benchmark failure from any error.
+pub(crate) fn bench_error(error: impl std::fmt::Display) -> CliError {
+    CliError::Bench(error.to_string())
+}
+
+async fn reads(dir: &Path, events: u64, report: &mut Report) -> Result<(), CliError> {
+    let store = Store::open(dir)?;
+    let (read, elapsed) = read_whole_log(&store).await?;
     if read != events {
         return Err(CliError::Bench(format!(
             "read {read} events, wrote {events}"

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use strata::model::{Aggregate, CommandContext, MemorySnapshots, Repository, RepositoryConfig};
 use strata::{EventData, ExpectedRevision, Store};
 
-use crate::bench::{figure, median_by, Figure, Report};
+use crate::bench::{bench_error, figure, median_by, Figure, Report};
 use crate::error::CliError;
 
 /// A counter: the smallest aggregate that still reads and writes real events.
@@ -42,10 +42,6 @@ impl Aggregate for Counter {
     fn decide(&self, n: &u64) -> Result<Vec<CounterEvent>, Never> {
         Ok(vec![CounterEvent::Added { n: *n }])
     }
-}
-
-fn bench_error(error: impl std::fmt::Display) -> CliError {
-    CliError::Bench(error.to_string())
 }
 
 /// Runs the model measurements in `root`.

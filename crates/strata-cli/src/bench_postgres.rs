@@ -7,15 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata::{EventData, ExpectedRevision, Position, ReadAllOptions, Store, SubscribeFrom};
+use strata::{EventData, ExpectedRevision, Store, SubscribeFrom};
 use strata_postgres::{PostgresOptions, PostgresStore};
 
-use crate::bench::{append_load, figure, median_by, percentile, Figure, Report};
+use crate::bench::{
+    append_load, bench_error, figure, median_by, percentile, read_whole_log, Figure, Report,
+};
 use crate::error::CliError;
-
-fn bench_error(error: impl std::fmt::Display) -> CliError {
-    CliError::Bench(error.to_string())
-}
 
 /// Runs the PostgreSQL measurements against `url`, or a throw-away cluster.
 pub async fn run(
@@ -239,18 +237,8 @@ async fn fill(store: &Store, events: u64) -> Result<(), CliError> {
 }
 
 async fn read_rate(store: &Store) -> Result<f64, CliError> {
-    let start = Instant::now();
-    let mut from = Position::START;
-    let mut read = 0u64;
-    loop {
-        let page = store
-            .read_all(ReadAllOptions::forwards().from_position(from).limit(4096))
-            .await?;
-        let Some(last) = page.last() else { break };
-        from = last.position.next();
-        read += page.len() as u64;
-    }
-    Ok(read as f64 / start.elapsed().as_secs_f64())
+    let (read, seconds) = read_whole_log(store).await?;
+    Ok(read as f64 / seconds)
 }
 
 /// Appends 300 single events one after another and measures how long each takes from

@@ -3,13 +3,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use bytes::Bytes;
 use deadpool_postgres::Transaction;
 use futures_util::future::try_join_all;
 use uuid::Uuid;
 
 use strata::engine::index::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
-use strata::metadata::DELETED_TRUNCATE_BEFORE;
+use strata::write::TargetState;
 use strata::{
     stream, AppendError, AppendRequest, AppendResult, ContentType, CurrentRevision, EventData,
     InvalidInput, Position, StreamMetadata, Timestamp,
@@ -18,15 +17,7 @@ use strata::{
 use crate::error::backend;
 
 /// What a part of an append does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Append events.
-    Append,
-    /// Soft-delete the stream.
-    SoftDelete,
-    /// Tombstone the stream.
-    Tombstone,
-}
+pub use strata::write::WriteKind as Kind;
 
 /// A stream row, locked for this transaction.
 #[derive(Clone, Debug, Default)]
@@ -128,7 +119,6 @@ pub async fn append(
     let mut results = Vec::with_capacity(parts.len());
     let now = Timestamp::now().as_micros() as i64;
     for (part, kind) in parts {
-        let target = part.stream.clone();
         let (stream_name, events) = expand(&rows, part, kind);
         let mut first_revision = None;
         let mut positions = Vec::new();
@@ -172,7 +162,6 @@ pub async fn append(
                 .valid_at
                 .push(event.valid_at.map(|t| t.as_micros() as i64));
         }
-        let _ = target;
         let row = &rows[&stream_name];
         results.push(AppendResult {
             first_revision: first_revision.unwrap_or(row.next_revision),
@@ -331,43 +320,22 @@ async fn retry_of(
 }
 
 /// The events a part writes, by stream (deletes and revivals write metadata events), and
-/// the stream its result describes.
+/// the stream its result describes: the expansion every backend shares.
 fn expand(
     rows: &HashMap<String, Row>,
     part: AppendRequest,
     kind: Kind,
 ) -> (String, Vec<(String, EventData)>) {
-    let target = part.stream;
-    let row = rows.get(&target).cloned().unwrap_or_default();
-    let mut metadata = row.metadata.clone().unwrap_or_default();
-    let metadata_event = |metadata: &StreamMetadata| {
-        EventData::new(
-            METADATA_EVENT_TYPE,
-            metadata.to_json().to_string().into_bytes(),
-            ContentType::Json,
-        )
+    let row = rows.get(&part.stream).cloned().unwrap_or_default();
+    let state = TargetState {
+        next_revision: row.next_revision,
+        deleted: row.deleted(),
+        metadata: row.metadata.as_ref(),
     };
-    match kind {
-        Kind::Append => {
-            let mut events = Vec::with_capacity(part.events.len() + 1);
-            if row.deleted() && !part.events.is_empty() && !stream::is_system(&target) {
-                metadata.truncate_before = Some(row.next_revision);
-                events.push((stream::metastream(&target), metadata_event(&metadata)));
-            }
-            events.extend(part.events.into_iter().map(|e| (target.clone(), e)));
-            (target, events)
-        }
-        Kind::SoftDelete => {
-            metadata.truncate_before = Some(DELETED_TRUNCATE_BEFORE);
-            let metastream = stream::metastream(&target);
-            (
-                metastream.clone(),
-                vec![(metastream, metadata_event(&metadata))],
-            )
-        }
-        Kind::Tombstone => {
-            let tombstone = EventData::new(TOMBSTONE_EVENT_TYPE, Bytes::new(), ContentType::Binary);
-            (target.clone(), vec![(target, tombstone)])
-        }
-    }
+    let (result_stream, runs) = strata::write::expand(kind, part.stream, part.events, state);
+    let events = runs
+        .into_iter()
+        .flat_map(|(name, events)| events.into_iter().map(move |e| (name.clone(), e)))
+        .collect();
+    (result_stream, events)
 }

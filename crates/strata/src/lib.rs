@@ -34,6 +34,7 @@ pub mod store;
 pub mod stream;
 pub mod subscription;
 pub mod validate;
+pub mod write;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

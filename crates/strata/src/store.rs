@@ -421,7 +421,7 @@ impl Store {
         expected: ExpectedRevision,
         metadata: &StreamMetadata,
     ) -> Result<AppendResult, AppendError> {
-        let event = crate::engine::metadata_event(metadata);
+        let event = crate::write::metadata_event(metadata);
         self.append(crate::stream::metastream(stream), expected, vec![event])
             .await
     }

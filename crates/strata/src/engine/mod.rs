@@ -40,7 +40,6 @@ use writer::{Command, Part, PartKind, Writer};
 pub use options::{Durability, Options};
 pub use recovery::{IndexSource, OpenReport, TruncatedTail};
 pub use verify::{verify, VerifyReport};
-pub use writer::metadata_event;
 
 /// Reads of at most this many events run on the caller's thread; larger ones on the
 /// blocking pool, so an async runtime is never stalled by a long read.

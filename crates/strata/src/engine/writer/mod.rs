@@ -24,8 +24,8 @@ use crate::error::{AppendError, StorageError};
 use crate::event::Timestamp;
 use crate::store::AppendResult;
 
-pub use plan::{metadata_event, Part, PartKind};
 use plan::{Overlay, Planned, PlannedRun, Planner};
+pub use plan::{Part, PartKind};
 
 /// A request to the writer.
 #[derive(Debug)]

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::engine::format::{frame, record};
@@ -14,22 +13,15 @@ use crate::engine::index::{Index, Location, METADATA_EVENT_TYPE, TOMBSTONE_EVENT
 use crate::engine::reader;
 use crate::engine::state::Shared;
 use crate::error::{AppendError, InvalidInput, StorageError};
-use crate::event::{ContentType, EventData, Position};
-use crate::metadata::{StreamMetadata, DELETED_TRUNCATE_BEFORE};
+use crate::event::{EventData, Position};
+use crate::metadata::StreamMetadata;
 use crate::revision::{CurrentRevision, ExpectedRevision};
 use crate::store::AppendResult;
 use crate::stream;
+use crate::write::{self, TargetState};
 
 /// What one part of an append asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PartKind {
-    /// Append the events to the stream.
-    Append,
-    /// Soft-delete the stream (write deleted metadata to its metadata stream).
-    SoftDelete,
-    /// Tombstone the stream.
-    Tombstone,
-}
+pub use crate::write::WriteKind as PartKind;
 
 /// One stream's part of an append, as the writer receives it.
 #[derive(Debug)]
@@ -349,35 +341,13 @@ impl Planner<'_> {
     /// events), and the stream its result describes. Changes nothing.
     #[allow(clippy::type_complexity)]
     fn expand(&self, part: Part) -> (String, Vec<(String, Vec<EventData>)>) {
-        let target = part.stream;
-        let view = self.view(&target);
-        let mut metadata = view.metadata.as_deref().cloned().unwrap_or_default();
-        match part.kind {
-            PartKind::Append => {
-                let mut runs = Vec::with_capacity(2);
-                if view.deleted && !part.events.is_empty() && !stream::is_system(&target) {
-                    // Appending to a soft-deleted stream revives it: the old events stay
-                    // hidden behind a truncate-before at the first new revision.
-                    metadata.truncate_before = Some(view.next_revision);
-                    runs.push((stream::metastream(&target), vec![metadata_event(&metadata)]));
-                }
-                runs.push((target.clone(), part.events));
-                (target, runs)
-            }
-            PartKind::SoftDelete => {
-                metadata.truncate_before = Some(DELETED_TRUNCATE_BEFORE);
-                let metastream = stream::metastream(&target);
-                (
-                    metastream.clone(),
-                    vec![(metastream, vec![metadata_event(&metadata)])],
-                )
-            }
-            PartKind::Tombstone => {
-                let tombstone =
-                    EventData::new(TOMBSTONE_EVENT_TYPE, Bytes::new(), ContentType::Binary);
-                (target.clone(), vec![(target, vec![tombstone])])
-            }
-        }
+        let view = self.view(&part.stream);
+        let state = TargetState {
+            next_revision: view.next_revision,
+            deleted: view.deleted,
+            metadata: view.metadata.as_deref(),
+        };
+        write::expand(part.kind, part.stream, part.events, state)
     }
 
     /// Adds a run of one stream's events to the frame and to the overlay.
@@ -436,15 +406,6 @@ pub fn encoded_len(stream: &str, event: &EventData) -> u64 {
         + event.event_type.len()
         + event.data.len()
         + event.metadata.len()) as u64
-}
-
-/// The event that sets a stream's metadata.
-pub fn metadata_event(metadata: &StreamMetadata) -> EventData {
-    EventData::new(
-        METADATA_EVENT_TYPE,
-        metadata.to_json().to_string().into_bytes(),
-        ContentType::Json,
-    )
 }
 
 fn read_id(shared: &Shared, location: Location) -> Result<(Uuid, u64), StorageError> {

@@ -71,14 +71,9 @@ pub enum CliError {
     /// The benchmark could not run.
     #[error("benchmark failed: {0}")]
     Bench(String),
-    /// A command that exists but is not implemented yet (exit code 2).
-    #[error("{what} is not built yet: {detail}")]
-    NotBuilt {
-        /// The command.
-        what: &'static str,
-        /// When it arrives.
-        detail: &'static str,
-    },
+    /// The server could not start or failed.
+    #[error("server: {0}")]
+    Server(#[from] strata_server::ServerError),
 }
 
 impl From<OpenError> for CliError {
@@ -103,7 +98,7 @@ impl CliError {
     /// commands not built yet, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Corrupt { .. } | CliError::NotBuilt { .. } => 2,
+            CliError::Corrupt { .. } => 2,
             _ => 1,
         }
     }

@@ -76,7 +76,7 @@ pub enum Command {
     Import(ImportArgs),
     /// Measure append and read throughput.
     Bench(BenchArgs),
-    /// Serve the store over gRPC and HTTP (not built yet).
+    /// Serve the store over gRPC (KurrentDB-compatible) and HTTP/JSON.
     Serve(ServeArgs),
 }
 
@@ -105,7 +105,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             args.postgres = args.postgres.or(target.postgres.clone());
             bench::run(data, args).await
         }
-        Command::Serve(args) => commands::serve::run(data, args).await,
+        Command::Serve(args) => commands::serve::run(&target, args).await,
     }
 }
 

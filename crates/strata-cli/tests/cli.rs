@@ -670,24 +670,71 @@ fn tail_follows_events_another_process_appends() {
 }
 
 #[test]
-fn serve_is_not_built_yet() {
+fn serve_starts_refuses_a_second_instance_and_stops_cleanly_on_sigterm() {
+    use std::io::Read;
     let (_dir, data) = store_dir();
-    let output = run(
+    ok(&data, &["append", "order-1", "--type", "Placed", "{}"]);
+    let mut server = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["--data", data.to_str().unwrap(), "serve"])
+        .args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let mut http = None;
+    let mut grpc = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("gRPC listening on ").nth(1) {
+            grpc = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(rest) = line.split("HTTP listening on http://").nth(1) {
+            http = Some(rest.trim().to_owned());
+            break;
+        }
+    }
+    let (http, grpc) = (
+        http.expect("HTTP address logged"),
+        grpc.expect("gRPC address logged"),
+    );
+    assert!(!grpc.ends_with(":0"), "the real port is logged: {grpc}");
+
+    let mut stream = std::net::TcpStream::connect(&http).unwrap();
+    write!(
+        stream,
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    // A second server on the same directory is refused with a clear message.
+    let second = run(
         &data,
-        &[
-            "serve",
-            "--grpc",
-            "127.0.0.1:2113",
-            "--http",
-            "127.0.0.1:2114",
-        ],
+        &["serve", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"],
     );
-    assert_eq!(output.status.code(), Some(2));
+    assert!(!second.status.success());
     assert!(
-        stderr(&output).contains("not built yet"),
+        stderr(&second).contains("already open in another process"),
         "{}",
-        stderr(&output)
+        stderr(&second)
     );
+
+    // SIGTERM: a clean stop with exit code 0, and the store opens without repairs.
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_timeout(&mut server, 20);
+    assert!(status.success(), "exit status {status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("stopped cleanly")),
+        "{rest:?}"
+    );
+    assert_eq!(json_lines(&ok(&data, &["read", "order-1"])).len(), 1);
 }
 
 #[test]

@@ -184,6 +184,18 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether the failure may pass by itself (a server backend that could not be
+    /// reached), so that trying again later is the right response.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Backend {
+                transient: true,
+                ..
+            }
+        )
+    }
+
     /// Wraps an I/O error, recognising a full disk.
     pub fn io(operation: &'static str, file: impl Into<String>, source: io::Error) -> StorageError {
         let file = file.into();

@@ -42,7 +42,7 @@ pub mod conformance;
 pub use engine::{Durability, Engine, OpenReport, Options};
 pub use error::{AppendError, InvalidInput, OpenError, ReadError, StorageError};
 pub use event::{ContentType, EventData, Position, RecordedEvent, Timestamp};
-pub use filter::Filter;
+pub use filter::{Filter, FilterError, Pattern};
 pub use limits::Limits;
 pub use metadata::StreamMetadata;
 pub use revision::{CurrentRevision, ExpectedRevision};

@@ -1,27 +1,76 @@
-//! `strata serve`: the network server (gRPC and HTTP), not built yet.
+//! `strata serve`: the network server (KurrentDB-compatible gRPC and HTTP/JSON) over the
+//! embedded store in `--data` or over PostgreSQL with `--postgres`.
 
-use std::path::Path;
+use std::net::SocketAddr;
 
 use clap::Args;
+use strata_server::{Server, ServerOptions};
 
+use crate::commands::{open_store, Target};
 use crate::error::CliError;
 
-/// Options of `strata serve` (accepted now, used once the server exists).
+/// Options of `strata serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address for the gRPC API, e.g. 127.0.0.1:2113.
-    #[arg(long, value_name = "ADDR")]
-    pub grpc: Option<String>,
-    /// Address for the HTTP API, e.g. 127.0.0.1:2114.
-    #[arg(long, value_name = "ADDR")]
-    pub http: Option<String>,
+    /// Address of the gRPC API (KurrentDB clients connect here with `tls=false`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2113")]
+    pub grpc: SocketAddr,
+    /// Address of the HTTP/JSON API.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2114")]
+    pub http: SocketAddr,
+    /// Serve only gRPC.
+    #[arg(long, conflicts_with = "no_grpc")]
+    pub no_http: bool,
+    /// Serve only HTTP.
+    #[arg(long)]
+    pub no_grpc: bool,
 }
 
-/// Runs `strata serve`: fails with exit code 2, the server is not built yet.
-pub async fn run(_data_dir: &Path, _args: ServeArgs) -> Result<(), CliError> {
-    Err(CliError::NotBuilt {
-        what: "the network server",
-        detail: "`strata serve` arrives with the server work; until then, embed the \
-                 `strata` library in your application",
-    })
+/// Runs `strata serve` until SIGTERM or SIGINT, then shuts down gracefully (stops
+/// accepting, finishes in-flight appends, syncs and closes the store) and exits 0.
+pub async fn run(target: &Target, args: ServeArgs) -> Result<(), CliError> {
+    let store = open_store(target, true).await?;
+    let options = ServerOptions {
+        grpc: (!args.no_grpc).then_some(args.grpc),
+        http: (!args.no_http).then_some(args.http),
+        ..ServerOptions::default()
+    };
+    let server = Server::bind(store, options).await?;
+    match &target.postgres {
+        Some(_) => eprintln!("strata serve: store on PostgreSQL"),
+        None => eprintln!("strata serve: store in {}", target.data.display()),
+    }
+    if let Some(addr) = server.grpc_addr() {
+        eprintln!("strata serve: gRPC listening on {addr} (KurrentDB clients: kurrentdb://{addr}?tls=false)");
+    }
+    if let Some(addr) = server.http_addr() {
+        eprintln!("strata serve: HTTP listening on http://{addr}");
+    }
+    server.run_until(shutdown_signal()).await?;
+    eprintln!("strata serve: stopped cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
 }

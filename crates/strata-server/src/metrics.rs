@@ -1,0 +1,155 @@
+//! Prometheus metrics: what `GET /metrics` reports.
+//!
+//! Handlers of both APIs record into one [`Metrics`]; the `api` label tells them apart.
+
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Which API a request came through.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Api {
+    /// The KurrentDB-compatible gRPC API.
+    Grpc,
+    /// The HTTP/JSON API.
+    Http,
+}
+
+/// How an append ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Outcome {
+    /// Recorded (or an exact retry of a recorded append).
+    Ok,
+    /// Wrong expected revision.
+    Conflict,
+    /// Rejected input (too large, bad names, deleted stream, …).
+    Rejected,
+    /// The store failed.
+    Error,
+}
+
+/// Labels of append counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppendLabels {
+    /// Which API.
+    pub api: Api,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// Labels of per-API metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    /// Which API.
+    pub api: Api,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~26 s in ×2 steps: group commit latencies sit in the low milliseconds.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// Every metric the server keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Append requests, by API and outcome.
+    pub appends: Family<AppendLabels, Counter>,
+    /// Events recorded by appends, by API.
+    pub events_appended: Family<ApiLabels, Counter>,
+    /// Append latency in seconds, by API.
+    pub append_latency: Family<ApiLabels, Histogram, fn() -> Histogram>,
+    /// Events sent to readers and subscribers, by API.
+    pub events_read: Family<ApiLabels, Counter>,
+    /// Subscriptions (catch-up, live, persistent) currently open, by API.
+    pub subscriptions_open: Family<ApiLabels, Gauge>,
+    /// Largest distance, in positions, between the log's head and what an open
+    /// subscription has delivered (sampled as subscriptions deliver).
+    pub subscription_lag: Gauge<i64, AtomicI64>,
+}
+
+impl Metrics {
+    /// Fresh metrics, registered under the `strata_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("strata");
+        let appends = Family::<AppendLabels, Counter>::default();
+        let events_appended = Family::<ApiLabels, Counter>::default();
+        let append_latency =
+            Family::<ApiLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        let events_read = Family::<ApiLabels, Counter>::default();
+        let subscriptions_open = Family::<ApiLabels, Gauge>::default();
+        let subscription_lag = Gauge::<i64, AtomicI64>::default();
+        registry.register("appends", "Append requests", appends.clone());
+        registry.register(
+            "events_appended",
+            "Events recorded by appends",
+            events_appended.clone(),
+        );
+        registry.register(
+            "append_latency_seconds",
+            "Append latency",
+            append_latency.clone(),
+        );
+        registry.register(
+            "events_read",
+            "Events sent to readers and subscribers",
+            events_read.clone(),
+        );
+        registry.register(
+            "subscriptions_open",
+            "Subscriptions currently open",
+            subscriptions_open.clone(),
+        );
+        registry.register(
+            "subscription_lag_positions",
+            "Positions between the head and the furthest-behind subscription",
+            subscription_lag.clone(),
+        );
+        Metrics {
+            registry,
+            appends,
+            events_appended,
+            append_latency,
+            events_read,
+            subscriptions_open,
+            subscription_lag,
+        }
+    }
+
+    /// Records one append request.
+    pub fn record_append(&self, api: Api, outcome: Outcome, events: usize, took: Duration) {
+        self.appends
+            .get_or_create(&AppendLabels { api, outcome })
+            .inc();
+        if outcome == Outcome::Ok {
+            self.events_appended
+                .get_or_create(&ApiLabels { api })
+                .inc_by(events as u64);
+        }
+        self.append_latency
+            .get_or_create(&ApiLabels { api })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}

@@ -69,6 +69,7 @@ impl Drop for Slot {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

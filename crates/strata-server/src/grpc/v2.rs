@@ -351,10 +351,10 @@ impl StreamsService for V2StreamsService {
                 check.stream.clone(),
                 i32::try_from(index).unwrap_or(i32::MAX),
             );
-            if !events.contains_key(&check.stream) {
+            if let std::collections::hash_map::Entry::Vacant(entry) = events.entry(check.stream) {
                 // A check on a stream the append does not write: an empty request checks it.
-                order.push(check.stream.clone());
-                events.insert(check.stream, Vec::new());
+                order.push(entry.key().clone());
+                entry.insert(Vec::new());
             }
         }
         if order.is_empty() {

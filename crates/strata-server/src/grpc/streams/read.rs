@@ -192,6 +192,7 @@ pub fn read(
     };
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
+        let watch_client = sender.clone();
         let out = Out {
             sender,
             state: state.clone(),
@@ -207,6 +208,9 @@ pub fn read(
             result = work => result,
             // Subscriptions end at shutdown, so graceful shutdown does not wait on them.
             () = state.shutting_down() => Err(Status::unavailable("the server is shutting down")),
+            // A subscription waiting for new events notices a client that went away
+            // here, and frees its slot, instead of at its next event.
+            () = watch_client.closed() => Ok(()),
         };
         if let Err(status) = result {
             let _ = out.sender.send(Err(status)).await;

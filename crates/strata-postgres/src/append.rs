@@ -339,3 +339,151 @@ fn expand(
         .collect();
     (result_stream, events)
 }
+
+/// The SQLSTATE `strata_append` raises for the outcomes it leaves to the caller.
+const OUTCOME: &str = "SA001";
+
+pub const APPEND_FUNCTION: &str = "SELECT strata_append($1::text[], $2::bigint[], $3::uuid[],
+     $4::int[], $5::bigint[], $6::uuid[], $7::text[], $8::boolean[], $9::bytea[],
+     $10::bytea[], $11::bigint[], $12::bigint[], $13::int)";
+
+/// Whether `parts` can take the one-call path: plain appends to ordinary streams whose
+/// expected revisions fit PostgreSQL's bigint. Metadata streams, deletes and tombstones
+/// take the general path ([`append`]), which shares the engine's expansion rules.
+pub fn fast_path_applies(parts: &[(AppendRequest, Kind)]) -> bool {
+    parts.iter().enumerate().all(|(i, (part, kind))| {
+        *kind == Kind::Append
+            && !stream::is_system(&part.stream)
+            && !matches!(part.expected, strata::ExpectedRevision::Exact(r) if r > i64::MAX as u64 - 1)
+            && !parts[..i].iter().any(|(p, _)| p.stream == part.stream)
+    })
+}
+
+/// What the one-call path decided.
+pub enum FastOutcome {
+    /// Recorded (committed: the call was its own transaction).
+    Done(Vec<AppendResult>),
+    /// The append needs the general path; nothing was written.
+    Slow,
+}
+
+/// The append as one call of `strata_append`, in its own implicit transaction: one
+/// round trip instead of four. `delay_ms` is the test hook that pauses before commit.
+/// Nothing is written unless it returns [`FastOutcome::Done`].
+/// `statement` is [`APPEND_FUNCTION`], prepared beforehand so that the call is the first
+/// request this future puts on the connection (see the caller's pipelining).
+pub async fn append_fast(
+    client: &deadpool_postgres::Object,
+    statement: &tokio_postgres::Statement,
+    parts: &[(AppendRequest, Kind)],
+    delay_ms: i32,
+) -> Result<FastOutcome, AppendError> {
+    let streams: Vec<&str> = parts.iter().map(|(p, _)| p.stream.as_str()).collect();
+    let expected: Vec<i64> = parts
+        .iter()
+        .map(|(p, _)| match p.expected {
+            strata::ExpectedRevision::Any => -2,
+            strata::ExpectedRevision::NoStream => -1,
+            strata::ExpectedRevision::StreamExists => -4,
+            strata::ExpectedRevision::Exact(r) => r as i64,
+        })
+        .collect();
+    let first_ids: Vec<Option<Uuid>> = parts
+        .iter()
+        .map(|(p, _)| p.events.first().map(|e| e.id))
+        .collect();
+    let count: usize = parts.iter().map(|(p, _)| p.events.len()).sum();
+    let mut part_of = Vec::with_capacity(count);
+    let mut offset = Vec::with_capacity(count);
+    let mut ids = Vec::with_capacity(count);
+    let mut types = Vec::with_capacity(count);
+    let mut binary = Vec::with_capacity(count);
+    let mut data = Vec::with_capacity(count);
+    let mut metadata = Vec::with_capacity(count);
+    let mut recorded_at = Vec::with_capacity(count);
+    let mut valid_at = Vec::with_capacity(count);
+    let now = Timestamp::now().as_micros() as i64;
+    for (i, (part, _)) in parts.iter().enumerate() {
+        for (k, event) in part.events.iter().enumerate() {
+            part_of.push(i as i32 + 1);
+            offset.push(k as i64);
+            ids.push(event.id);
+            types.push(event.event_type.as_str());
+            binary.push(event.content_type == ContentType::Binary);
+            data.push(event.data.as_ref());
+            metadata.push(event.metadata.as_ref());
+            recorded_at.push(event.recorded_at.map_or(now, |t| t.as_micros() as i64));
+            valid_at.push(event.valid_at.map(|t| t.as_micros() as i64));
+        }
+    }
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
+        &streams,
+        &expected,
+        &first_ids,
+        &part_of,
+        &offset,
+        &ids,
+        &types,
+        &binary,
+        &data,
+        &metadata,
+        &recorded_at,
+        &valid_at,
+        &delay_ms,
+    ];
+    let row = match client.query_one(statement, &params).await {
+        Ok(row) => row,
+        Err(error) => {
+            let Some(db) = error.as_db_error().filter(|db| db.code().code() == OUTCOME) else {
+                return Err(backend(error).into());
+            };
+            let detail = db.detail().unwrap_or_default();
+            let mut fields = detail.split(',').map(|f| f.parse::<i64>().unwrap_or(0));
+            let part = fields.next().unwrap_or(1).max(1) as usize - 1;
+            let stream = parts
+                .get(part)
+                .map(|(p, _)| p.stream.clone())
+                .unwrap_or_default();
+            return match db.message() {
+                "deleted" => Err(AppendError::StreamDeleted { stream }),
+                "conflict" => {
+                    let next = fields.next().unwrap_or(0) as u64;
+                    Err(AppendError::WrongExpectedRevision {
+                        stream,
+                        expected: parts[part].0.expected,
+                        actual: if next == 0 {
+                            CurrentRevision::NoStream
+                        } else {
+                            CurrentRevision::Current(next - 1)
+                        },
+                    })
+                }
+                _ => Ok(FastOutcome::Slow),
+            };
+        }
+    };
+    // [xid, start revision of each part].
+    let answer: Vec<i64> = row.get(0);
+    let base = (answer.first().copied().unwrap_or(0) as u64) << 20;
+    let mut index = 0u64;
+    let mut results = Vec::with_capacity(parts.len());
+    for (i, (part, _)) in parts.iter().enumerate() {
+        let start = answer.get(i + 1).copied().unwrap_or(0) as u64;
+        let positions: Vec<Position> = (0..part.events.len() as u64)
+            .map(|k| Position(base + index + k))
+            .collect();
+        index += part.events.len() as u64;
+        let next = start + part.events.len() as u64;
+        results.push(AppendResult {
+            stream: part.stream.clone(),
+            first_revision: start,
+            positions,
+            current_revision: if next == 0 {
+                CurrentRevision::NoStream
+            } else {
+                CurrentRevision::Current(next - 1)
+            },
+        });
+    }
+    Ok(FastOutcome::Done(results))
+}

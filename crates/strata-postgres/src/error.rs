@@ -14,9 +14,22 @@ pub fn backend(error: tokio_postgres::Error) -> StorageError {
             code.starts_with("08") || code.starts_with("57P")
         }
     };
+    // tokio-postgres prints a server error as just "db error": say what the server said.
+    let message = match error.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!(
+                "{} ({}): {} ({detail})",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            ),
+            None => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        },
+        None => error.to_string(),
+    };
     StorageError::Backend {
         backend: "postgres",
-        message: error.to_string(),
+        message,
         transient,
     }
 }

@@ -170,43 +170,77 @@ impl PostgresStore {
         &self,
         parts: Vec<(AppendRequest, Kind)>,
     ) -> Result<Vec<AppendResult>, AppendError> {
-        let mut client = self.client().await?;
+        let client = self.client().await?;
+        if append::fast_path_applies(&parts) {
+            let delay_ms = self.append_delay.as_ref().map_or(0, |delay| {
+                i32::try_from(delay().as_millis()).unwrap_or(i32::MAX)
+            });
+            // The function call commits on its own; the notification is pipelined right
+            // behind it (same connection, so it runs after the commit), and wakes the head
+            // watchers of every node. Sent even if the append fails: a spurious wake-up is
+            // one cheap query.
+            let call = client
+                .prepare_cached(append::APPEND_FUNCTION)
+                .await
+                .map_err(backend)?;
+            let notify = client
+                .prepare_cached(&format!("SELECT pg_notify('{}', '')", head::CHANNEL))
+                .await
+                .map_err(backend)?;
+            // Both statements are prepared, so each future's first poll puts its request
+            // on the connection: the call first, then the notification.
+            let (outcome, notified) = futures_util::join!(
+                append::append_fast(&client, &call, &parts, delay_ms),
+                client.query_one(&notify, &[])
+            );
+            if let append::FastOutcome::Done(results) = outcome? {
+                notified.map_err(backend)?;
+                self.wait_until_visible(&results).await;
+                return Ok(results);
+            }
+        }
+        self.run_general(client, parts).await
+    }
+
+    /// The general path: one explicit transaction in several round trips, for deletes,
+    /// tombstones, metadata, revivals and retries.
+    async fn run_general(
+        &self,
+        mut client: deadpool_postgres::Object,
+        parts: Vec<(AppendRequest, Kind)>,
+    ) -> Result<Vec<AppendResult>, AppendError> {
         let tx = client.transaction().await.map_err(backend)?;
         let results = append::append(&tx, parts).await?;
         if let Some(delay) = &self.append_delay {
             tokio::time::sleep(delay()).await;
         }
         tx.commit().await.map_err(backend)?;
-        // Return once the events are visible in the global order, so that a read of
-        // `$all` after an append sees it: at once if no older transaction is still
-        // running (the usual case), else as soon as those transactions end.
-        if let Some(last) = results.iter().filter_map(AppendResult::last_position).max() {
-            // Wake the head watchers (outside the append's transaction, see `append`), and
-            // learn in the same statement whether the events are visible yet.
-            let notify = client
-                .prepare_cached(&format!(
-                    "SELECT pg_notify('{}', ''), {}",
-                    head::CHANNEL,
-                    head::SAFE_BOUND_SQL
-                ))
+        if results.iter().any(|r| r.last_position().is_some()) {
+            // Wake the head watchers (outside the append's transaction: a transaction that
+            // notifies takes a global lock through its commit).
+            client
+                .batch_execute(&format!("SELECT pg_notify('{}', '')", head::CHANNEL))
                 .await
                 .map_err(backend)?;
-            let bound = client
-                .prepare_cached(&format!("SELECT {}", head::SAFE_BOUND_SQL))
-                .await
-                .map_err(backend)?;
-            let mut visible: i64 = client
-                .query_one(&notify, &[])
-                .await
-                .map_err(backend)?
-                .get(1);
-            let deadline = std::time::Instant::now() + VISIBLE_WAIT_MAX;
-            while last.0 >= visible as u64 && std::time::Instant::now() < deadline {
-                tokio::time::sleep(std::time::Duration::from_micros(300)).await;
-                visible = client.query_one(&bound, &[]).await.map_err(backend)?.get(0);
-            }
+            self.wait_until_visible(&results).await;
         }
         Ok(results)
+    }
+
+    /// Returns once the results' events are visible in the global order, so that a read
+    /// of `$all` after an append sees it: as soon as every older transaction has ended,
+    /// as the head watcher (woken by the notification) observes. Waits at most
+    /// [`VISIBLE_WAIT_MAX`]; the append is durable either way.
+    async fn wait_until_visible(&self, results: &[AppendResult]) {
+        let Some(last) = results.iter().filter_map(AppendResult::last_position).max() else {
+            return;
+        };
+        let mut head = self.head.clone();
+        let _ = tokio::time::timeout(
+            VISIBLE_WAIT_MAX,
+            head.wait_for(|head| head.is_some_and(|head| head >= last)),
+        )
+        .await;
     }
 }
 

@@ -40,6 +40,76 @@ const MIGRATIONS: &[&str] = &[
         position bigint NOT NULL,
         state jsonb NOT NULL
      );",
+    // 3: the append as one function call (one round trip, one implicit transaction) for
+    // the common case; see `append::append_fast`. It writes nothing and raises SQLSTATE
+    // SA001 when the append conflicts ('conflict', DETAIL 'part,next_revision'), names a
+    // tombstoned stream ('deleted', DETAIL 'part'), or needs the general path ('slow': a
+    // soft-deleted stream to revive, or a retry of recorded events to answer exactly).
+    "CREATE FUNCTION strata_append(
+        p_streams text[], p_expected bigint[], p_first_ids uuid[],
+        p_part int[], p_offset bigint[], p_ids uuid[], p_types text[], p_binary boolean[],
+        p_data bytea[], p_metadata bytea[], p_recorded_at bigint[], p_valid_at bigint[],
+        p_delay_ms int
+     ) RETURNS bigint[] LANGUAGE plpgsql AS $fn$
+     DECLARE
+        v_xid bigint := pg_current_xact_id()::text::bigint;
+        v_starts bigint[] := '{}';
+        v_next bigint;
+        v_tombstoned boolean;
+        v_metadata jsonb;
+        v_expected bigint;
+        v_counts bigint[];
+        i int;
+     BEGIN
+        -- Lock (creating) the stream rows in name order: concurrent appends never deadlock.
+        WITH locked AS (
+            INSERT INTO strata_streams (name) SELECT unnest(p_streams) ORDER BY 1
+            ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING 1
+        ) SELECT count(*) INTO i FROM locked;
+        FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
+            SELECT next_revision, tombstoned, metadata INTO v_next, v_tombstoned, v_metadata
+              FROM strata_streams WHERE name = p_streams[i];
+            IF v_tombstoned THEN
+                RAISE EXCEPTION USING ERRCODE = 'SA001', MESSAGE = 'deleted', DETAIL = i::text;
+            END IF;
+            IF coalesce((v_metadata->>'$tb')::numeric, 0) = 9223372036854775807 THEN
+                RAISE EXCEPTION USING ERRCODE = 'SA001', MESSAGE = 'slow', DETAIL = i::text;
+            END IF;
+            IF p_first_ids[i] IS NOT NULL AND EXISTS (
+                SELECT 1 FROM strata_events WHERE id = p_first_ids[i] AND stream = p_streams[i]
+            ) THEN
+                RAISE EXCEPTION USING ERRCODE = 'SA001', MESSAGE = 'slow', DETAIL = i::text;
+            END IF;
+            v_expected := p_expected[i];
+            IF NOT (v_expected = -2
+                    OR (v_expected = -1 AND v_next = 0)
+                    OR (v_expected = -4 AND v_next > 0)
+                    OR (v_expected >= 0 AND v_next = v_expected + 1)) THEN
+                RAISE EXCEPTION USING ERRCODE = 'SA001', MESSAGE = 'conflict',
+                    DETAIL = i::text || ',' || v_next::text;
+            END IF;
+            v_starts := v_starts || v_next;
+        END LOOP;
+        INSERT INTO strata_events
+            (position, stream, revision, id, event_type, is_binary, data, metadata, recorded_at, valid_at)
+        SELECT (v_xid << 20) + e.ord - 1, p_streams[e.part], v_starts[e.part] + e.off, e.id, e.t,
+               e.b, e.d, e.m, e.r, e.v
+          FROM unnest(p_part, p_offset, p_ids, p_types, p_binary, p_data, p_metadata,
+                      p_recorded_at, p_valid_at)
+               WITH ORDINALITY AS e(part, off, id, t, b, d, m, r, v, ord);
+        SELECT array_agg(coalesce(c.n, 0) ORDER BY s.i) INTO v_counts
+          FROM generate_subscripts(p_streams, 1) AS s(i)
+          LEFT JOIN (SELECT part, count(*) AS n FROM unnest(p_part) AS part GROUP BY part) AS c
+            ON c.part = s.i;
+        UPDATE strata_streams AS s SET next_revision = u.start + u.n
+          FROM unnest(p_streams, v_starts, v_counts) AS u(name, start, n)
+         WHERE s.name = u.name AND u.n > 0;
+        IF p_delay_ms > 0 THEN
+            PERFORM pg_sleep(p_delay_ms / 1000.0);
+        END IF;
+        RETURN v_xid || v_starts;
+     END
+     $fn$;",
 ];
 
 /// Brings the schema to the newest version.

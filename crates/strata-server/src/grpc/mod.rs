@@ -19,6 +19,9 @@ use crate::state::ServerState;
 pub fn router(state: ServerState) -> Router {
     let max = state.options.max_grpc_message;
     tonic::transport::Server::builder()
+        // Appends are small request/response exchanges: Nagle's algorithm would hold
+        // responses back waiting for the client's delayed ACK.
+        .tcp_nodelay(true)
         .add_service(
             StreamsServer::new(streams::StreamsService::new(state.clone()))
                 .max_decoding_message_size(max)

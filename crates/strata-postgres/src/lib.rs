@@ -183,8 +183,14 @@ impl PostgresStore {
                 .prepare_cached(append::APPEND_FUNCTION)
                 .await
                 .map_err(backend)?;
+            // The notification also reads the safe bound, after the append committed:
+            // usually no older transaction is in flight and the append is visible at once.
             let notify = client
-                .prepare_cached(&format!("SELECT pg_notify('{}', '')", head::CHANNEL))
+                .prepare_cached(&format!(
+                    "SELECT pg_notify('{}', ''), {}",
+                    head::CHANNEL,
+                    head::SAFE_BOUND_SQL
+                ))
                 .await
                 .map_err(backend)?;
             // Both statements are prepared, so each future's first poll puts its request
@@ -194,8 +200,14 @@ impl PostgresStore {
                 client.query_one(&notify, &[])
             );
             if let append::FastOutcome::Done(results) = outcome? {
-                notified.map_err(backend)?;
-                self.wait_until_visible(&results).await;
+                let bound: i64 = notified.map_err(backend)?.get(1);
+                let visible = results
+                    .iter()
+                    .filter_map(AppendResult::last_position)
+                    .all(|last| last.0 < bound as u64);
+                if !visible {
+                    self.wait_until_visible(&results).await;
+                }
                 return Ok(results);
             }
         }

@@ -14,6 +14,7 @@ use strata::{EventData, ExpectedRevision, Store};
 use strata_server::proto::event_store::client::persistent_subscriptions as ps;
 use strata_server::proto::event_store::client::persistent_subscriptions::persistent_subscriptions_client::PersistentSubscriptionsClient;
 use strata_server::proto::event_store::client::{uuid, Empty, StreamIdentifier, Uuid as ProtoUuid};
+use strata_server::metrics::{Api, ApiLabels};
 use strata_server::state::ServerState;
 use strata_server::{Server, ServerOptions};
 use tokio::sync::{mpsc, oneshot};
@@ -36,7 +37,10 @@ struct Running {
 }
 
 async fn start(dir: &Path, options: ServerOptions) -> Running {
-    let store = Store::open(dir).unwrap();
+    start_on(Store::open(dir).unwrap(), options).await
+}
+
+async fn start_on(store: Store, options: ServerOptions) -> Running {
     let options = ServerOptions {
         grpc: Some("127.0.0.1:0".parse().unwrap()),
         http: None,
@@ -836,6 +840,16 @@ async fn subscriber_limits_and_dropped_consumers() {
     let _second = subscribe(&mut client, Some("s"), "other", 10)
         .await
         .unwrap();
+    // Each session counts itself before it confirms.
+    let open = || {
+        server
+            .state
+            .metrics
+            .subscriptions_open
+            .get_or_create(&ApiLabels { api: Api::Grpc })
+            .get()
+    };
+    assert_eq!(open(), 2);
     let third = subscribe(&mut client, Some("s"), "other", 10)
         .await
         .err()
@@ -856,5 +870,133 @@ async fn subscriber_limits_and_dropped_consumers() {
         trailer(&dropped, "exception"),
         "persistent-subscription-dropped"
     );
+    eventually("only the second consumer is counted as open", || async {
+        open() == 1
+    })
+    .await;
+    server.shutdown().await;
+}
+
+/// Checkpoint, parked events and config survive a restart, on whatever backend `open`
+/// opens (each call opens the same store anew).
+async fn durable_state_survives_a_restart<F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Store>,
+{
+    let ids;
+    {
+        let server = start_on(open().await, ServerOptions::default()).await;
+        let mut client = server.client().await;
+        ids = append(&server.state.store, "orders", 3).await;
+        client
+            .create(create_stream("orders", "g", settings()))
+            .await
+            .unwrap();
+        let mut consumer = subscribe(&mut client, Some("orders"), "g", 1)
+            .await
+            .unwrap();
+        let first = consumer.next().await.unwrap();
+        consumer
+            .nack(&[first.id], read_req::nack::Action::Park)
+            .await;
+        let second = consumer.next().await.unwrap();
+        consumer.ack(&[second.id]).await;
+        eventually("event 0 parked and the checkpoint at 1", || {
+            let mut client = client.clone();
+            async move {
+                let info = info(&mut client, Some("orders"), "g").await;
+                info.parked_message_count == 1 && info.last_checkpointed_event_position == "1"
+            }
+        })
+        .await;
+        drop(consumer);
+        server.shutdown().await;
+    }
+    let server = start_on(open().await, ServerOptions::default()).await;
+    let mut client = server.client().await;
+    let info = info(&mut client, Some("orders"), "g").await;
+    assert_eq!(
+        (
+            info.parked_message_count,
+            info.last_checkpointed_event_position.as_str()
+        ),
+        (1, "1")
+    );
+    assert_eq!(
+        info.named_consumer_strategy, "RoundRobin",
+        "the config was reloaded"
+    );
+    let mut consumer = subscribe(&mut client, Some("orders"), "g", 1)
+        .await
+        .unwrap();
+    let third = consumer.next().await.unwrap();
+    assert_eq!(third.id, ids[2], "resumes after the checkpoint");
+    consumer.ack(&[third.id]).await;
+    client
+        .replay_parked(replay_req("orders", "g", None))
+        .await
+        .unwrap();
+    let parked = consumer.next().await.unwrap();
+    assert_eq!(
+        parked.id, ids[0],
+        "the parked event is replayed after the restart"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn durable_state_survives_a_restart_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    durable_state_survives_a_restart(|| {
+        let path = path.clone();
+        async move { Store::open(&path).unwrap() }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_state_survives_a_restart_postgres() {
+    let url = strata_postgres::cluster::fresh_database("persistent")
+        .await
+        .expect("PostgreSQL is needed for this test");
+    durable_state_survives_a_restart(|| {
+        let url = url.clone();
+        async move { strata_postgres::connect(&url).await.unwrap() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn all_group_without_filter_skips_the_groups_own_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), ServerOptions::default()).await;
+    let mut client = server.client().await;
+    // Writes config, checkpoint and parked-marker events before any user event.
+    client.create(create_all("everything", None)).await.unwrap();
+    let ids = append(&server.state.store, "x", 2).await;
+    let mut consumer = subscribe(&mut client, None, "everything", 10)
+        .await
+        .unwrap();
+    for id in &ids {
+        let event = consumer.next().await.unwrap();
+        assert_eq!((event.stream.as_str(), event.id), ("x", *id));
+        consumer.ack(&[event.id]).await;
+    }
+    // The checkpoints those acks write are not delivered either: the next event is
+    // the next user event.
+    eventually("the checkpoint moves", || {
+        let mut client = client.clone();
+        async move {
+            !info(&mut client, None, "everything")
+                .await
+                .last_checkpointed_event_position
+                .is_empty()
+        }
+    })
+    .await;
+    let later = append(&server.state.store, "x", 1).await[0];
+    assert_eq!(consumer.next().await.unwrap().id, later);
     server.shutdown().await;
 }

@@ -602,7 +602,10 @@ impl PersistentSubscriptions for PersistentService {
         use read_req::options::{uuid_option, StreamOption};
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| missing("options"))?;
+        let first = tokio::select! {
+            first = inbound.message() => first?.ok_or_else(|| missing("options"))?,
+            () = self.state.shutting_down() => return Err(Status::unavailable("Server Is Not Ready: shutting down")),
+        };
         let Some(read_req::Content::Options(options)) = first.content else {
             return Err(Status::invalid_argument(
                 "the first message of Read must carry the options",

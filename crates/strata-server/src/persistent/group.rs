@@ -819,6 +819,11 @@ async fn read_source(
             () = tx.closed() => return,
         };
         let item = match item {
+            Ok(SubscriptionMessage::Event(event)) if storage::is_state_stream(&event.stream) => {
+                // Groups' own state: delivering it to a `$all` group would make every
+                // checkpoint write an event for some group to checkpoint again.
+                continue;
+            }
             Ok(SubscriptionMessage::Event(event)) => SourceItem::Event(event),
             Ok(SubscriptionMessage::CaughtUp) => SourceItem::CaughtUp,
             Ok(_) => continue,

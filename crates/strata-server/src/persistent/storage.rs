@@ -13,7 +13,9 @@
 //! | a group's checkpoint | `$$$persistentsubscription-{source}::{group}-checkpoint` | `{"checkpoint": 17}`: the last finished revision (stream) or position (`$all`) with nothing unfinished before it; `null`: none yet |
 //! | a group's parked events | `$$$persistentsubscription-{source}::{group}-parked` | one event per parked event, `{"parked": {"stream", "revision", "position", "id", "reason"}}` (a pointer, resolved on replay), and markers `{"replayedThrough": r}`: pointers up to revision `r` of this stream were replayed (`null`: every pointer before the marker) |
 //!
-//! `{source}` is the stream name or `$all`. The latest event of a metadata stream is its
+//! `{source}` is the stream name or `$all`. `$all` groups skip these events (unlike
+//! KurrentDB, whose `$all` groups see them): otherwise an unfiltered `$all` group would
+//! deliver its own checkpoint writes and checkpoint them again, forever. The latest event of a metadata stream is its
 //! current value, which is what the config and checkpoint need; the parked stream is
 //! read forwards from the start. Metadata streams cannot carry `$maxCount` themselves
 //! (there is no metadata of metadata), so these streams grow by one small event per
@@ -37,6 +39,14 @@ const CONFIG_KEY: &str = "strataPersistentSubscriptions";
 const CONFIG_VERSION: u32 = 1;
 /// Events read per request when scanning a parked stream.
 const PARKED_READ_CHUNK: usize = 1_000;
+
+/// Whether `stream` holds persistent-subscription state (config, checkpoints, parked
+/// events). `$all` groups do not receive these events.
+pub fn is_state_stream(stream: &str) -> bool {
+    strata::stream::metastream_target(stream).is_some_and(|target| {
+        target == CONFIG_STREAM || target.starts_with("$persistentsubscription-")
+    })
+}
 
 /// The system stream whose metadata holds a group's checkpoint.
 pub fn checkpoint_stream(source: &Source, group: &str) -> String {

@@ -210,6 +210,9 @@ struct Group {
     deadlines: BTreeMap<(Instant, u64), Uuid>,
     deadline_counter: u64,
     source: mpsc::Receiver<SourceItem>,
+    /// False once the reader has ended (the store closed, or the filter is invalid):
+    /// the channel then yields `None` at once, so it must not be polled again.
+    source_open: bool,
     stash: Option<RecordedEvent>,
     live: bool,
     last_known: Option<u64>,
@@ -275,6 +278,7 @@ impl Group {
             deadlines: BTreeMap::new(),
             deadline_counter: 0,
             source: rx,
+            source_open: true,
             stash: None,
             live: false,
             last_known: after,
@@ -301,7 +305,9 @@ impl Group {
         loop {
             self.pump();
             let deadline = self.deadlines.keys().next().map(|(at, _)| *at);
-            let can_take = self.stash.is_none() && self.consumers.iter().any(|c| c.free() > 0);
+            let can_take = self.source_open
+                && self.stash.is_none()
+                && self.consumers.iter().any(|c| c.free() > 0);
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Stop) | None => {
@@ -313,8 +319,10 @@ impl Group {
                 item = self.source.recv(), if can_take => match item {
                     Some(SourceItem::Event(event)) => self.stash = Some(event),
                     Some(SourceItem::CaughtUp) => self.live = true,
-                    // The reader only ends when this task is gone.
-                    None => {}
+                    None => {
+                        tracing::warn!(group = %self.config.group, source = self.config.source.name(), "persistent subscription stopped reading its source");
+                        self.source_open = false;
+                    }
                 },
                 () = sleep_until(deadline) => self.expire().await,
                 _ = checkpoint_timer.tick() => {

@@ -195,6 +195,11 @@ impl GroupConfig {
             if stream.is_empty() {
                 return invalid("the stream name is empty");
             }
+            if stream == strata::stream::ALL_STREAM {
+                return invalid(
+                    "a group on $all is created with the 'all' option, not as a stream",
+                );
+            }
         }
         match (&self.source, self.start_from) {
             (Source::Stream(_), StartFrom::Position(_)) => {

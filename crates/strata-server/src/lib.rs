@@ -25,6 +25,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod options;
+pub mod persistent;
 pub mod proto;
 pub mod server;
 pub mod slots;

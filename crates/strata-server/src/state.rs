@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::options::ServerOptions;
+use crate::persistent::Registry;
 use crate::slots::SubscriptionSlots;
 
 /// The state shared by the gRPC and HTTP handlers. Cheap to clone.
@@ -21,6 +22,8 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// Open subscriptions per connection, against `options.max_subscriptions_per_connection`.
     pub subscription_slots: Arc<SubscriptionSlots>,
+    /// The persistent subscription groups (competing consumers).
+    pub persistent: Arc<Registry>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -28,6 +31,7 @@ impl ServerState {
     /// State for a server over `store`; `shutdown` turns `true` when the server stops.
     pub fn new(store: Store, options: ServerOptions, shutdown: watch::Receiver<bool>) -> Self {
         ServerState {
+            persistent: Arc::new(Registry::new(store.clone(), shutdown.clone())),
             store,
             options: Arc::new(options),
             metrics: Arc::new(Metrics::new()),

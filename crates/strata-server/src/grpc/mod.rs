@@ -4,12 +4,14 @@
 pub mod convert;
 pub mod features;
 pub mod gossip;
+pub mod persistent;
 pub mod streams;
 pub mod v2;
 
 use tonic::transport::server::Router;
 
 use crate::proto::event_store::client::gossip::gossip_server::GossipServer;
+use crate::proto::event_store::client::persistent_subscriptions::persistent_subscriptions_server::PersistentSubscriptionsServer;
 use crate::proto::event_store::client::server_features::server_features_server::ServerFeaturesServer;
 use crate::proto::event_store::client::streams::streams_server::StreamsServer;
 use crate::proto::kurrentdb::protocol::v2::streams::streams_service_server::StreamsServiceServer;
@@ -33,5 +35,8 @@ pub fn router(state: ServerState) -> Router {
                 .max_encoding_message_size(max),
         )
         .add_service(ServerFeaturesServer::new(features::FeaturesService))
-        .add_service(GossipServer::new(gossip::GossipService::new(state)))
+        .add_service(GossipServer::new(gossip::GossipService::new(state.clone())))
+        .add_service(PersistentSubscriptionsServer::new(
+            persistent::PersistentService::new(state),
+        ))
 }

@@ -131,7 +131,8 @@ impl Serialize for Payload<'_> {
 /// `bytes` as JSON, if they are JSON.
 fn json_payload(bytes: &[u8]) -> Option<Payload<'_>> {
     let raw = serde_json::from_slice::<&RawValue>(bytes).ok()?;
-    if raw.get().contains(['\n', '\r']) {
+    // Surrounding whitespace is dropped the same way (as `strata read` shows events).
+    if raw.get().len() != bytes.len() || raw.get().contains(['\n', '\r']) {
         serde_json::from_str(raw.get()).ok().map(Payload::Value)
     } else {
         Some(Payload::Raw(raw))

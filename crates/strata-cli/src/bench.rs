@@ -73,6 +73,8 @@ pub enum Section {
     Postgres,
     /// Projection rebuilds: serial, parallel, in-memory and durable sinks.
     Projections,
+    /// The network server: gRPC appends and subscriptions next to the embedded library.
+    Server,
 }
 
 /// One measured figure.
@@ -184,6 +186,9 @@ async fn run_in(root: &Path, args: &BenchArgs) -> Result<Report, CliError> {
         })
         .await
         .map_err(bench_error)?;
+    }
+    if all || args.only.contains(&Section::Server) {
+        crate::bench_server::run(root, repeat, timed, quick, &mut report).await?;
     }
     if all || args.only.contains(&Section::Postgres) {
         crate::bench_postgres::run(

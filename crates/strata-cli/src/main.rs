@@ -6,6 +6,7 @@
 mod bench;
 mod bench_model;
 mod bench_postgres;
+mod bench_server;
 mod client;
 mod commands;
 mod error;

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod options;
 pub mod proto;
 pub mod server;
+pub mod slots;
 pub mod state;
 
 pub use error::ServerError;

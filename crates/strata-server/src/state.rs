@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::options::ServerOptions;
+use crate::slots::SubscriptionSlots;
 
 /// The state shared by the gRPC and HTTP handlers. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -18,6 +19,8 @@ pub struct ServerState {
     pub options: Arc<ServerOptions>,
     /// Counters and histograms for `GET /metrics`.
     pub metrics: Arc<Metrics>,
+    /// Open subscriptions per connection, against `options.max_subscriptions_per_connection`.
+    pub subscription_slots: Arc<SubscriptionSlots>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -28,6 +31,7 @@ impl ServerState {
             store,
             options: Arc::new(options),
             metrics: Arc::new(Metrics::new()),
+            subscription_slots: Arc::new(SubscriptionSlots::default()),
             shutdown,
         }
     }

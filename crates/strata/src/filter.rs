@@ -225,14 +225,18 @@ mod tests {
         // The exclude filter KurrentDB clients build: ^(?!(a$|b$)).
         let f = Filter::new()
             .stream_regex("^(?!(\\$.*$|snapshot-.*$))")
-            .unwrap();
+            .expect("a valid pattern");
         assert!(f.matches("order-1", "X"));
         assert!(!f.matches("$$order-1", "X"));
         assert!(!f.matches("snapshot-7", "X"));
-        let f = Filter::new().event_type_regex("Placed").unwrap();
+        let f = Filter::new()
+            .event_type_regex("Placed")
+            .expect("a valid pattern");
         assert!(f.matches("a", "OrderPlaced"), "a search, not a whole match");
         assert!(!f.matches("a", "OrderShipped"));
-        let f = Filter::new().event_type_regex("(?<=Order)Paid").unwrap();
+        let f = Filter::new()
+            .event_type_regex("(?<=Order)Paid")
+            .expect("a valid pattern");
         assert!(f.matches("a", "OrderPaid"));
         assert!(!f.matches("a", "InvoicePaid"));
         assert!(matches!(

@@ -4,16 +4,31 @@
 pub mod convert;
 pub mod features;
 pub mod gossip;
+pub mod streams;
+pub mod v2;
 
 use tonic::transport::server::Router;
 
 use crate::proto::event_store::client::gossip::gossip_server::GossipServer;
 use crate::proto::event_store::client::server_features::server_features_server::ServerFeaturesServer;
+use crate::proto::event_store::client::streams::streams_server::StreamsServer;
+use crate::proto::kurrentdb::protocol::v2::streams::streams_service_server::StreamsServiceServer;
 use crate::state::ServerState;
 
 /// The gRPC services over `state`, ready to serve.
 pub fn router(state: ServerState) -> Router {
+    let max = state.options.max_grpc_message;
     tonic::transport::Server::builder()
+        .add_service(
+            StreamsServer::new(streams::StreamsService::new(state.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            StreamsServiceServer::new(v2::V2StreamsService::new(state.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
         .add_service(ServerFeaturesServer::new(features::FeaturesService))
         .add_service(GossipServer::new(gossip::GossipService::new(state)))
 }

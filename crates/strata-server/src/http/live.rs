@@ -7,9 +7,8 @@
 //! by itself) or `from`. Every live stream ends when the server shuts down, so graceful
 //! shutdown never waits on one.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -25,6 +24,7 @@ use super::json::EventOutput;
 use super::params::{Params, StreamPath, ALL};
 use super::HttpState;
 use crate::metrics::{Api, ApiLabels, Metrics};
+use crate::slots::{Slot, SubscriptionSlots};
 
 /// How often an idle live stream sends a heartbeat (an SSE comment, an empty NDJSON
 /// line), so proxies keep it open and a vanished client is noticed.
@@ -110,42 +110,36 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
-/// Open live streams per client address. HTTP/1.1 carries one response at a time per
-/// connection, so the per-connection limit of the options is applied per client address:
-/// what it guards against is one client holding many subscriptions.
-#[derive(Debug, Default)]
-pub struct LiveStreams {
-    open: Mutex<HashMap<Option<IpAddr>, usize>>,
-}
-
-/// One open live stream, counted until dropped.
+/// One open live stream: a subscription slot of the client plus the open-streams gauge,
+/// both released when the response body is dropped.
+///
+/// HTTP/1.1 carries one response at a time per connection, so a per-connection count
+/// would never bind; the slots of an HTTP client are counted per client address (the
+/// shared [`SubscriptionSlots`] keyed with port 0, which no TCP peer has), which is what
+/// the limit guards against: one client holding many subscriptions.
 #[derive(Debug)]
 struct LivePermit {
-    streams: Arc<LiveStreams>,
-    client: Option<IpAddr>,
+    _slot: Slot,
     metrics: Arc<Metrics>,
 }
 
-impl LiveStreams {
+impl LivePermit {
     fn acquire(
-        self: &Arc<Self>,
+        slots: &Arc<SubscriptionSlots>,
         client: Option<IpAddr>,
         max: usize,
         metrics: &Arc<Metrics>,
     ) -> Result<LivePermit, ApiError> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(client).or_insert(0);
-        if *count >= max {
-            return Err(ApiError::TooManyLiveStreams { max });
-        }
-        *count += 1;
+        let key = client.map(|ip| SocketAddr::new(ip, 0));
+        let slot = slots
+            .acquire(key, max)
+            .map_err(|error| ApiError::TooManyLiveStreams { max: error.max })?;
         metrics
             .subscriptions_open
             .get_or_create(&ApiLabels { api: Api::Http })
             .inc();
         Ok(LivePermit {
-            streams: self.clone(),
-            client,
+            _slot: slot,
             metrics: metrics.clone(),
         })
     }
@@ -153,17 +147,6 @@ impl LiveStreams {
 
 impl Drop for LivePermit {
     fn drop(&mut self) {
-        let mut open = self
-            .streams
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.client) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.client);
-            }
-        }
         self.metrics
             .subscriptions_open
             .get_or_create(&ApiLabels { api: Api::Http })
@@ -223,7 +206,12 @@ pub async fn live(
         return Err(ApiError::ShuttingDown);
     }
     let max = http.state.options.max_subscriptions_per_connection;
-    let permit = http.live.acquire(client, max, &http.state.metrics)?;
+    let permit = LivePermit::acquire(
+        &http.state.subscription_slots,
+        client,
+        max,
+        &http.state.metrics,
+    )?;
     let store = &http.state.store;
     let mut subscription = match filter {
         Some(filter) => {

@@ -15,8 +15,6 @@ pub mod openapi;
 pub mod params;
 pub mod read;
 
-use std::sync::Arc;
-
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -26,15 +24,12 @@ use serde_json::json;
 
 use crate::state::ServerState;
 use error::ApiError;
-use live::LiveStreams;
 
-/// What the HTTP handlers share: the server's state and the count of open live streams.
+/// What the HTTP handlers share.
 #[derive(Clone, Debug)]
 pub struct HttpState {
-    /// The server's state (store, options, metrics, shutdown).
+    /// The server's state (store, options, metrics, subscription slots, shutdown).
     pub state: ServerState,
-    /// Open live streams per client, for the limit.
-    pub live: Arc<LiveStreams>,
 }
 
 /// The HTTP API's routes over `state`.
@@ -42,10 +37,7 @@ pub fn router(state: ServerState) -> Router {
     // axum's own limit answers 413 before a handler runs; handlers turn it into the
     // JSON error body. The limit is raised from axum's 2 MiB default to the option.
     let body_limit = DefaultBodyLimit::max(state.options.max_request_body);
-    let http = HttpState {
-        state,
-        live: Arc::new(LiveStreams::default()),
-    };
+    let http = HttpState { state };
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))

@@ -1,0 +1,314 @@
+//! `Streams.BatchAppend`: a bidirectional stream of appends. Each request carries a
+//! correlation id; a batch may span several requests (options on the first), and is
+//! appended when one arrives with `is_final`. Batches are appended concurrently and
+//! answered by correlation id, so one slow batch does not hold up the others. Errors
+//! are per batch, in the response, as KurrentDB sends them: a `google.rpc.Status` whose
+//! detail is `event_store.client.WrongExpectedVersion`, `StreamDeleted`,
+//! `MaximumAppendSizeExceeded` or `BadRequest`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use prost::Message;
+use strata::{AppendError, CurrentRevision, EventData, ExpectedRevision, InvalidInput};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status, Streaming};
+use uuid::Uuid;
+
+use super::{wire, ResponseStream};
+use crate::grpc::convert;
+use crate::metrics::{Api, Outcome};
+use crate::proto::event_store::client::streams::batch_append_req::options::ExpectedStreamPosition;
+use crate::proto::event_store::client::streams::batch_append_req::Options;
+use crate::proto::event_store::client::streams::batch_append_resp::{self, success, Success};
+use crate::proto::event_store::client::streams::{BatchAppendReq, BatchAppendResp};
+use crate::proto::event_store::client::{
+    wrong_expected_version as wev, AllStreamPosition, BadRequest, MaximumAppendSizeExceeded,
+    StreamDeleted, Uuid as ProtoUuid, WrongExpectedVersion,
+};
+use crate::proto::google::rpc::Status as RpcStatus;
+use crate::state::ServerState;
+
+/// Most batches one call may have open (started, not yet final) at once.
+const OPEN_BATCHES_MAX: usize = 1024;
+
+struct OpenBatch {
+    wire_id: Option<ProtoUuid>,
+    options: Options,
+    events: Vec<EventData>,
+    bytes: usize,
+    /// A problem found while collecting (bad event), reported when the batch is final.
+    invalid: Option<RpcStatus>,
+}
+
+/// Runs one BatchAppend call.
+pub fn batch_append(
+    state: ServerState,
+    mut requests: Streaming<BatchAppendReq>,
+) -> ResponseStream<BatchAppendResp> {
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut open: HashMap<Uuid, OpenBatch> = HashMap::new();
+        loop {
+            let request = tokio::select! {
+                request = requests.message() => request,
+                () = state.shutting_down() => break,
+            };
+            let request = match request {
+                Ok(Some(request)) => request,
+                Ok(None) => break,
+                Err(status) => {
+                    let _ = sender.send(Err(status)).await;
+                    break;
+                }
+            };
+            let correlation = match convert::uuid_from_proto(request.correlation_id.as_ref()) {
+                Ok(id) => id,
+                Err(status) => {
+                    let _ = sender.send(Err(status)).await;
+                    break;
+                }
+            };
+            if !open.contains_key(&correlation) {
+                let Some(options) = request.options.clone() else {
+                    let _ = sender
+                        .send(Err(Status::invalid_argument(format!(
+                            "batch {correlation}: the first message of a batch must carry its options"
+                        ))))
+                        .await;
+                    break;
+                };
+                if open.len() >= OPEN_BATCHES_MAX {
+                    let _ = sender
+                        .send(Err(Status::resource_exhausted(format!(
+                            "more than {OPEN_BATCHES_MAX} unfinished batches on one call"
+                        ))))
+                        .await;
+                    break;
+                }
+                open.insert(
+                    correlation,
+                    OpenBatch {
+                        wire_id: request.correlation_id.clone(),
+                        options,
+                        events: Vec::new(),
+                        bytes: 0,
+                        invalid: None,
+                    },
+                );
+            }
+            let Some(batch) = open.get_mut(&correlation) else {
+                continue;
+            };
+            for proposed in request.proposed_messages {
+                if batch.invalid.is_some() {
+                    break;
+                }
+                batch.bytes += proposed.data.len() + proposed.custom_metadata.len();
+                if batch.bytes > state.options.max_grpc_message {
+                    batch.invalid = Some(maximum_append_size(state.options.max_grpc_message));
+                    batch.events.clear();
+                    break;
+                }
+                match wire::proposed_event(
+                    proposed.id.as_ref(),
+                    &proposed.metadata,
+                    proposed.custom_metadata,
+                    proposed.data,
+                ) {
+                    Ok(event) => batch.events.push(event),
+                    Err(status) => {
+                        batch.invalid = Some(bad_request(status.message()));
+                        batch.events.clear();
+                    }
+                }
+            }
+            if request.is_final {
+                if let Some(batch) = open.remove(&correlation) {
+                    let state = state.clone();
+                    let sender = sender.clone();
+                    // Appended concurrently; the store's group commit batches them.
+                    tokio::spawn(async move {
+                        let response = complete(&state, batch).await;
+                        let _ = sender.send(Ok(response)).await;
+                    });
+                }
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(receiver))
+}
+
+fn expected(option: Option<&ExpectedStreamPosition>) -> ExpectedRevision {
+    match option {
+        Some(ExpectedStreamPosition::StreamPosition(revision)) => {
+            ExpectedRevision::Exact(*revision)
+        }
+        Some(ExpectedStreamPosition::NoStream(())) => ExpectedRevision::NoStream,
+        Some(ExpectedStreamPosition::StreamExists(())) => ExpectedRevision::StreamExists,
+        Some(ExpectedStreamPosition::Any(())) | None => ExpectedRevision::Any,
+    }
+}
+
+fn echo_expected(
+    option: Option<&ExpectedStreamPosition>,
+) -> Option<batch_append_resp::ExpectedStreamPosition> {
+    option.map(|option| match option {
+        ExpectedStreamPosition::StreamPosition(r) => {
+            batch_append_resp::ExpectedStreamPosition::StreamPosition(*r)
+        }
+        ExpectedStreamPosition::NoStream(()) => {
+            batch_append_resp::ExpectedStreamPosition::NoStream(())
+        }
+        ExpectedStreamPosition::Any(()) => batch_append_resp::ExpectedStreamPosition::Any(()),
+        ExpectedStreamPosition::StreamExists(()) => {
+            batch_append_resp::ExpectedStreamPosition::StreamExists(())
+        }
+    })
+}
+
+/// Appends one finished batch and builds its response.
+async fn complete(state: &ServerState, batch: OpenBatch) -> BatchAppendResp {
+    let expected_option = batch.options.expected_stream_position.as_ref();
+    let mut response = BatchAppendResp {
+        correlation_id: batch.wire_id,
+        result: None,
+        stream_identifier: batch.options.stream_identifier.clone(),
+        expected_stream_position: echo_expected(expected_option),
+    };
+    if let Some(invalid) = batch.invalid {
+        response.result = Some(batch_append_resp::Result::Error(invalid));
+        return response;
+    }
+    let stream = match convert::stream_name(batch.options.stream_identifier.as_ref()) {
+        Ok(stream) => stream,
+        Err(status) => {
+            response.result = Some(batch_append_resp::Result::Error(bad_request(
+                status.message(),
+            )));
+            return response;
+        }
+    };
+    let expected = expected(expected_option);
+    let count = batch.events.len();
+    let started = Instant::now();
+    let result = state.store.append(&stream, expected, batch.events).await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Ok,
+        Err(AppendError::WrongExpectedRevision { .. }) => Outcome::Conflict,
+        Err(AppendError::Storage(_)) => Outcome::Error,
+        Err(_) => Outcome::Rejected,
+    };
+    state
+        .metrics
+        .record_append(Api::Grpc, outcome, count, started.elapsed());
+    response.result = Some(match result {
+        Ok(result) => batch_append_resp::Result::Success(Success {
+            current_revision_option: Some(match result.current_revision {
+                CurrentRevision::Current(r) => success::CurrentRevisionOption::CurrentRevision(r),
+                CurrentRevision::NoStream => success::CurrentRevisionOption::NoStream(()),
+            }),
+            position_option: Some(match result.last_position() {
+                Some(position) => {
+                    let commit = convert::commit_position(position);
+                    success::PositionOption::Position(AllStreamPosition {
+                        commit_position: commit,
+                        prepare_position: commit,
+                    })
+                }
+                None => success::PositionOption::NoPosition(()),
+            }),
+        }),
+        Err(error) => batch_append_resp::Result::Error(error_status(&stream, &error)),
+    });
+    response
+}
+
+fn detail<M: Message>(code: Code, message: String, type_name: &str, detail: &M) -> RpcStatus {
+    RpcStatus {
+        code: code as i32,
+        message,
+        details: Some(prost_types::Any {
+            type_url: format!("type.googleapis.com/{type_name}"),
+            value: detail.encode_to_vec(),
+        }),
+    }
+}
+
+fn bad_request(message: &str) -> RpcStatus {
+    detail(
+        Code::InvalidArgument,
+        message.to_owned(),
+        "event_store.client.BadRequest",
+        &BadRequest {
+            message: message.to_owned(),
+        },
+    )
+}
+
+fn maximum_append_size(max: usize) -> RpcStatus {
+    let max = u32::try_from(max).unwrap_or(u32::MAX);
+    detail(
+        Code::InvalidArgument,
+        format!("Maximum Append Size of {max} Exceeded."),
+        "event_store.client.MaximumAppendSizeExceeded",
+        &MaximumAppendSizeExceeded {
+            max_append_size: max,
+        },
+    )
+}
+
+/// The per-batch error status for a failed append.
+fn error_status(stream: &str, error: &AppendError) -> RpcStatus {
+    match error {
+        AppendError::WrongExpectedRevision {
+            expected, actual, ..
+        } => detail(
+            Code::FailedPrecondition,
+            error.to_string(),
+            "event_store.client.WrongExpectedVersion",
+            &WrongExpectedVersion {
+                current_stream_revision_option: Some(match actual {
+                    CurrentRevision::Current(r) => {
+                        wev::CurrentStreamRevisionOption::CurrentStreamRevision(*r)
+                    }
+                    CurrentRevision::NoStream => {
+                        wev::CurrentStreamRevisionOption::CurrentNoStream(())
+                    }
+                }),
+                expected_stream_position_option: Some(match expected {
+                    ExpectedRevision::Exact(r) => {
+                        wev::ExpectedStreamPositionOption::ExpectedStreamPosition(*r)
+                    }
+                    ExpectedRevision::Any => wev::ExpectedStreamPositionOption::ExpectedAny(()),
+                    ExpectedRevision::StreamExists => {
+                        wev::ExpectedStreamPositionOption::ExpectedStreamExists(())
+                    }
+                    ExpectedRevision::NoStream => {
+                        wev::ExpectedStreamPositionOption::ExpectedNoStream(())
+                    }
+                }),
+            },
+        ),
+        AppendError::StreamDeleted { .. } => detail(
+            Code::FailedPrecondition,
+            format!("Event stream '{stream}' is deleted."),
+            "event_store.client.StreamDeleted",
+            &StreamDeleted {
+                stream_identifier: Some(convert::stream_identifier(stream)),
+            },
+        ),
+        AppendError::Invalid(InvalidInput::AppendTooLarge { max, .. }) => maximum_append_size(*max),
+        AppendError::Invalid(input) => bad_request(&input.to_string()),
+        AppendError::Storage(storage) => {
+            let status = convert::storage(storage);
+            RpcStatus {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                details: None,
+            }
+        }
+        other => bad_request(&other.to_string()),
+    }
+}

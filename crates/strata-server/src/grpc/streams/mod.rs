@@ -1,0 +1,82 @@
+//! `event_store.client.streams.Streams`: append, batch append, read and subscribe,
+//! delete and tombstone — one file per call family.
+
+mod append;
+mod batch;
+mod delete;
+mod read;
+mod wire;
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::proto::event_store::client::streams::streams_server::Streams;
+use crate::proto::event_store::client::streams::{
+    AppendReq, AppendResp, BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, ReadReq,
+    ReadResp, TombstoneReq, TombstoneResp,
+};
+use crate::state::ServerState;
+
+/// A stream of responses, as tonic wants it.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The `Streams` service.
+#[derive(Clone, Debug)]
+pub struct StreamsService {
+    state: ServerState,
+}
+
+impl StreamsService {
+    /// The service over `state`.
+    pub fn new(state: ServerState) -> StreamsService {
+        StreamsService { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Streams for StreamsService {
+    type ReadStream = ResponseStream<ReadResp>;
+    type BatchAppendStream = ResponseStream<BatchAppendResp>;
+
+    async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
+        let peer = request.remote_addr();
+        let stream = read::read(self.state.clone(), peer, request.into_inner())?;
+        Ok(Response::new(stream))
+    }
+
+    async fn append(
+        &self,
+        request: Request<Streaming<AppendReq>>,
+    ) -> Result<Response<AppendResp>, Status> {
+        append::append(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete(&self, request: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
+        delete::delete(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn tombstone(
+        &self,
+        request: Request<TombstoneReq>,
+    ) -> Result<Response<TombstoneResp>, Status> {
+        delete::tombstone(&self.state, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn batch_append(
+        &self,
+        request: Request<Streaming<BatchAppendReq>>,
+    ) -> Result<Response<Self::BatchAppendStream>, Status> {
+        Ok(Response::new(batch::batch_append(
+            self.state.clone(),
+            request.into_inner(),
+        )))
+    }
+}

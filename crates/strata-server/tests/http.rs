@@ -836,7 +836,24 @@ async fn live_streams_are_limited_per_client_and_refuse_tombstoned_streams() {
         metrics.contains("strata_subscriptions_open{api=\"Http\"} 2"),
         "{metrics}"
     );
-    drop((first, second));
+    // A client that goes away frees its slot, even while its stream is idle.
+    drop(first);
+    let started = std::time::Instant::now();
+    loop {
+        let third = server
+            .send(Method::GET, "/streams/x-3/live?format=ndjson", "", &[])
+            .await;
+        if third.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "the slot was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(second);
     server.shutdown().await;
 }
 

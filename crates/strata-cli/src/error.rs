@@ -71,6 +71,30 @@ pub enum CliError {
     /// The benchmark could not run.
     #[error("benchmark failed: {0}")]
     Bench(String),
+    /// A `--server` could not be reached, or the connection broke.
+    #[error("cannot reach the server at {url}: {message}")]
+    Connect {
+        /// The server's URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A `--server` answered with an error.
+    #[error("{message} (server: {code})")]
+    Remote {
+        /// The server's error code, e.g. `wrong_expected_revision`.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// A `--server` answered with something that is not the API's JSON.
+    #[error("the server at {url} answered unexpectedly: {message}")]
+    Protocol {
+        /// The server's URL.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
     /// The server could not start or failed.
     #[error("server: {0}")]
     Server(#[from] strata_server::ServerError),

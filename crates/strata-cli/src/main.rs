@@ -7,6 +7,7 @@ mod bench;
 mod bench_model;
 mod bench_postgres;
 mod bench_server;
+mod client;
 mod commands;
 mod error;
 mod input;
@@ -48,6 +49,16 @@ pub struct Cli {
     /// (`postgres://user@host:port/database`).
     #[arg(long, global = true, value_name = "URL", env = "STRATA_POSTGRES")]
     pub postgres: Option<String>,
+    /// Work against a running `strata serve` at this URL (`http://127.0.0.1:2114`)
+    /// instead of a local store: append, read, tail, streams and stats.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "STRATA_SERVER",
+        conflicts_with = "postgres"
+    )]
+    pub server: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -87,7 +98,23 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let target = commands::Target {
         data: cli.data.clone(),
         postgres: cli.postgres.clone(),
+        server: cli.server.clone(),
     };
+    let remote_ok = matches!(
+        cli.command,
+        Command::Append(_)
+            | Command::Read(_)
+            | Command::Tail(_)
+            | Command::Streams(_)
+            | Command::Stats(_)
+    );
+    if target.server.is_some() && !remote_ok {
+        return Err(CliError::Usage(
+            "--server works with append, read, tail, streams and stats; the other commands \
+             work on a local store (--data) or PostgreSQL (--postgres)"
+                .into(),
+        ));
+    }
     match cli.command {
         Command::Append(args) => commands::append::run(&target, args).await,
         Command::Read(args) => commands::read::run(&target, args).await,

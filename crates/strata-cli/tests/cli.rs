@@ -836,3 +836,152 @@ fn commands_work_against_postgres() {
     assert!(with_pg(&["streams"]).contains("order-1"));
     assert!(!data.exists(), "no embedded store was created");
 }
+
+/// Starts `strata serve` over `data` on free loopback ports; returns the process and
+/// the HTTP API's URL.
+fn serve(data: &Path) -> (Child, String) {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["--data", data.to_str().unwrap(), "serve"])
+        .args(["--no-grpc", "--http", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        let mut sender = Some(sender);
+        // Keep draining stderr so the server never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("HTTP listening on ").nth(1) {
+                if let Some(sender) = sender.take() {
+                    let _ = sender.send(rest.trim().to_owned());
+                }
+            }
+        }
+    });
+    let url = receiver
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server logs its HTTP address");
+    (server, url)
+}
+
+/// Stops a server with SIGTERM and expects a clean exit.
+fn stop(mut server: Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(wait_timeout(&mut server, 20).success());
+}
+
+#[test]
+fn commands_work_against_a_server_with_the_same_output() {
+    let (_dir, data) = store_dir();
+    // Every command below goes to the server; the local directory is never used.
+    let (_elsewhere, unused) = store_dir();
+    let (server, url) = serve(&data);
+    let remote = |args: &[&str]| {
+        let mut all = vec!["--server", url.as_str()];
+        all.extend_from_slice(args);
+        run(&unused, &all)
+    };
+    let remote_ok = |args: &[&str]| {
+        let output = remote(args);
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+        stdout(&output)
+    };
+
+    let appended = json_lines(&remote_ok(&[
+        "append",
+        "order-1",
+        "--type",
+        "Placed",
+        "--metadata",
+        r#"{"actor": "ann"}"#,
+        r#"{"total": 42}"#,
+        r#"{"b": 1, "a": 2}"#,
+    ]));
+    assert_eq!(appended[0]["stream"], "order-1");
+    assert_eq!(appended[0]["revisions"], serde_json::json!([0, 1]));
+    assert_eq!(appended[0]["positions"], serde_json::json!([0, 1]));
+    let mut child = strata(&unused)
+        .args(["--server", &url, "append", "cart-7", "--file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"type\":\"Blob\",\"data_base64\":\"AAEC\"}\n")
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+
+    let conflict = remote(&["append", "order-1", "-e", "no-stream", "-t", "X", "1"]);
+    assert!(!conflict.status.success());
+    assert!(
+        stderr(&conflict).contains("wrong expected revision"),
+        "{}",
+        stderr(&conflict)
+    );
+    let missing = remote(&["read", "nope-1"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("not found"),
+        "{}",
+        stderr(&missing)
+    );
+    let refused = remote(&["verify"]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("--server works with"));
+
+    let events = json_lines(&remote_ok(&["read", "order-1"]));
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["data"], serde_json::json!({"total": 42}));
+    assert_eq!(events[0]["metadata"], serde_json::json!({"actor": "ann"}));
+    let newest = json_lines(&remote_ok(&["read", "$all", "-b", "-n", "1"]));
+    assert_eq!(newest[0]["stream"], "cart-7");
+    assert_eq!(newest[0]["data_base64"], "AAEC");
+    let orders = json_lines(&remote_ok(&["read", "$all", "--category", "order"]));
+    assert_eq!(orders.len(), 2);
+
+    // tail: history, then an event appended while it follows.
+    let mut tail = strata(&unused)
+        .args(["--server", &url, "tail", "$all", "--from-start", "-n", "4"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(tail.stdout.take().unwrap());
+    for _ in 0..3 {
+        lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("history");
+    }
+    remote_ok(&["append", "order-2", "-t", "Placed", "{}"]);
+    let live: Value =
+        serde_json::from_str(&lines.recv_timeout(Duration::from_secs(30)).unwrap()).unwrap();
+    assert_eq!(live["stream"], "order-2");
+    assert!(wait_timeout(&mut tail, 20).success());
+
+    let stats: Value = serde_json::from_str(&remote_ok(&["stats", "--json"])).unwrap();
+    assert_eq!(stats["events"], 4);
+    assert_eq!(stats["head"], 3);
+    assert!(remote_ok(&["stats"]).contains(&url));
+
+    // The same commands on the directory, once the server is gone, print the same.
+    let compared: [&[&str]; 5] = [
+        &["read", "$all"],
+        &["read", "$all", "--format", "table"],
+        &["read", "order-1", "-b", "-n", "1"],
+        &["streams"],
+        &["streams", "--format", "json", "--prefix", "order"],
+    ];
+    let through_server: Vec<String> = compared.iter().map(|args| remote_ok(args)).collect();
+    stop(server);
+    for (args, expected) in compared.iter().zip(through_server) {
+        assert_eq!(ok(&data, args), expected, "{args:?}");
+    }
+    assert!(!unused.exists(), "no local store was created");
+}

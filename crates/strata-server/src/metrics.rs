@@ -72,6 +72,10 @@ pub struct Metrics {
     /// Largest distance, in positions, between the log's head and what an open
     /// subscription has delivered (sampled as subscriptions deliver).
     pub subscription_lag: Gauge<i64, AtomicI64>,
+    /// Bytes the store uses on disk (sampled when `/metrics` is scraped).
+    pub disk_bytes: Gauge<i64, AtomicI64>,
+    /// Position of the log's last event, -1 when empty (sampled at scrape).
+    pub head_position: Gauge<i64, AtomicI64>,
 }
 
 impl Metrics {
@@ -87,6 +91,8 @@ impl Metrics {
         let events_read = Family::<ApiLabels, Counter>::default();
         let subscriptions_open = Family::<ApiLabels, Gauge>::default();
         let subscription_lag = Gauge::<i64, AtomicI64>::default();
+        let disk_bytes = Gauge::<i64, AtomicI64>::default();
+        let head_position = Gauge::<i64, AtomicI64>::default();
         registry.register("appends", "Append requests", appends.clone());
         registry.register(
             "events_appended",
@@ -113,6 +119,16 @@ impl Metrics {
             "Positions between the head and the furthest-behind subscription",
             subscription_lag.clone(),
         );
+        registry.register(
+            "disk_bytes",
+            "Bytes the store uses on disk",
+            disk_bytes.clone(),
+        );
+        registry.register(
+            "head_position",
+            "Position of the last event in the log (-1 when empty)",
+            head_position.clone(),
+        );
         Metrics {
             registry,
             appends,
@@ -121,6 +137,8 @@ impl Metrics {
             events_read,
             subscriptions_open,
             subscription_lag,
+            disk_bytes,
+            head_position,
         }
     }
 

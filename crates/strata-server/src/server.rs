@@ -102,7 +102,9 @@ impl Server {
             let router = crate::http::router(state.clone());
             let stop = state.clone();
             tasks.spawn(async move {
-                axum::serve(listener, router)
+                // Connect info gives handlers the client's address (per-client limits).
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                axum::serve(listener, service)
                     .with_graceful_shutdown(async move { stop.shutting_down().await })
                     .await
                     .map_err(ServerError::Http)

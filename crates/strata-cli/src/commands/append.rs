@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use strata::{AppendResult, ContentType, EventData, ExpectedRevision, Position};
 use uuid::Uuid;
 
 use super::{close_store, open_store, parse_expected, Target};
+use crate::client::{encode, query, EventInput, ServerClient};
 use crate::error::{output_error, CliError};
 use crate::input::{json_message, EventLine, LineSource};
 use crate::output::write_json_line;
@@ -55,6 +56,9 @@ pub async fn run(target: &Target, args: AppendArgs) -> Result<(), CliError> {
             "nothing to append: give DATA arguments or --file".into(),
         ));
     }
+    if let Some(client) = target.client()? {
+        return remote(&client, &args, &events).await;
+    }
     let ids: Vec<_> = events.iter().map(|e| e.id).collect();
     let store = open_store(target, true).await?;
     let result = store
@@ -64,6 +68,42 @@ pub async fn run(target: &Target, args: AppendArgs) -> Result<(), CliError> {
     let result = result?;
     let mut out = std::io::stdout().lock();
     write_json_line(&mut out, &result_json(&result, &ids))?;
+    out.flush().map_err(output_error)
+}
+
+/// The JSON a server answers an append with, in the order `strata append` prints it
+/// (the other fields it sends are not printed).
+#[derive(Deserialize, Serialize)]
+struct RemoteOutput {
+    stream: String,
+    first_revision: u64,
+    last_revision: Option<u64>,
+    revisions: Vec<u64>,
+    positions: Vec<u64>,
+    ids: Vec<Uuid>,
+}
+
+/// Appends through a server; prints the same JSON as a local append.
+async fn remote(
+    client: &ServerClient,
+    args: &AppendArgs,
+    events: &[EventData],
+) -> Result<(), CliError> {
+    let inputs: Vec<EventInput> = events.iter().map(EventInput::new).collect();
+    let expected = match args.expected {
+        ExpectedRevision::Any => "any".to_owned(),
+        ExpectedRevision::NoStream => "no_stream".to_owned(),
+        ExpectedRevision::StreamExists => "stream_exists".to_owned(),
+        ExpectedRevision::Exact(revision) => revision.to_string(),
+    };
+    let path = format!(
+        "/streams/{}{}",
+        encode(&args.stream),
+        query(&[("expected_revision", expected)])
+    );
+    let output: RemoteOutput = client.post(&path, &inputs).await?;
+    let mut out = std::io::stdout().lock();
+    write_json_line(&mut out, &output)?;
     out.flush().map_err(output_error)
 }
 

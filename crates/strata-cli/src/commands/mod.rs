@@ -33,6 +33,18 @@ pub struct Target {
     pub data: PathBuf,
     /// A PostgreSQL database to use instead, if given.
     pub postgres: Option<String>,
+    /// A running `strata serve` to talk to over HTTP instead, if given.
+    pub server: Option<String>,
+}
+
+impl Target {
+    /// The HTTP client for `--server`, if one was given.
+    pub fn client(&self) -> Result<Option<crate::client::ServerClient>, CliError> {
+        self.server
+            .as_deref()
+            .map(crate::client::ServerClient::new)
+            .transpose()
+    }
 }
 
 /// Opens the store of `target`: PostgreSQL if a URL was given, else the embedded store
@@ -143,6 +155,27 @@ impl FilterArgs {
             filter = filter.exclude_system_events();
         }
         filter
+    }
+
+    /// The filters as query parameters of the HTTP API.
+    pub fn to_query(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = Vec::new();
+        pairs.extend(self.categories.iter().map(|v| ("category", v.clone())));
+        pairs.extend(
+            self.stream_prefixes
+                .iter()
+                .map(|v| ("stream_prefix", v.clone())),
+        );
+        pairs.extend(self.event_types.iter().map(|v| ("event_type", v.clone())));
+        pairs.extend(
+            self.event_type_prefixes
+                .iter()
+                .map(|v| ("event_type_prefix", v.clone())),
+        );
+        if self.exclude_system {
+            pairs.push(("exclude_system", "true".to_owned()));
+        }
+        pairs
     }
 
     /// Fails if filters were given for a single stream.

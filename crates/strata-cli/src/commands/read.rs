@@ -3,9 +3,11 @@
 use std::io::{BufWriter, Write};
 
 use clap::Args;
+use serde::Deserialize;
 use strata::{Direction, Position, ReadAllOptions, ReadStreamOptions, RecordedEvent, Store};
 
 use super::{close_store, open_store, FilterArgs, Target, ALL};
+use crate::client::{encode, query, recorded_event, ServerClient};
 use crate::error::{output_error, CliError};
 use crate::output::{event_row, write_json_line, EventJson, Format, Table, EVENT_COLUMNS};
 
@@ -84,6 +86,9 @@ impl<W: Write> EventPrinter<W> {
 /// Runs `strata read`.
 pub async fn run(target: &Target, args: ReadArgs) -> Result<(), CliError> {
     args.filter.only_for_all(&args.stream)?;
+    if let Some(client) = target.client()? {
+        return remote(&client, &args).await;
+    }
     let store = open_store(target, false).await?;
     let result = read(&store, &args).await;
     close_store(store).await?;
@@ -138,6 +143,53 @@ async fn read(store: &Store, args: &ReadArgs) -> Result<(), CliError> {
     }
     if args.format == Format::Table && args.limit != Some(0) {
         // An empty table still shows its header.
+        printer.print(&[])?;
+    }
+    printer.flush()
+}
+
+/// A page of events as a server sends it.
+#[derive(Deserialize)]
+struct RemotePage {
+    events: Vec<Box<serde_json::value::RawValue>>,
+    next_from: Option<u64>,
+}
+
+/// Reads through a server, page by page; prints what a local read prints.
+async fn remote(client: &ServerClient, args: &ReadArgs) -> Result<(), CliError> {
+    let mut printer = EventPrinter::new(BufWriter::new(std::io::stdout()), args.format);
+    let mut remaining = args.limit.unwrap_or(usize::MAX);
+    let mut from = args.from;
+    while remaining > 0 {
+        let mut pairs = vec![("limit", remaining.min(PAGE_EVENTS).to_string())];
+        if args.backwards {
+            pairs.push(("direction", "backwards".to_owned()));
+        }
+        if let Some(from) = from {
+            pairs.push(("from", from.to_string()));
+        }
+        if args.stream == ALL {
+            pairs.extend(args.filter.to_query());
+        }
+        let path = format!("/streams/{}{}", encode(&args.stream), query(&pairs));
+        let page: RemotePage = client.get(&path).await?;
+        let events = page
+            .events
+            .iter()
+            .map(|event| recorded_event(event))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| CliError::Protocol {
+                url: client.url().to_owned(),
+                message,
+            })?;
+        printer.print(&events)?;
+        remaining = remaining.saturating_sub(events.len());
+        match page.next_from {
+            Some(next) if !events.is_empty() => from = Some(next),
+            _ => break,
+        }
+    }
+    if args.format == Format::Table && args.limit != Some(0) {
         printer.print(&[])?;
     }
     printer.flush()

@@ -32,10 +32,20 @@ struct StatsOutput<'a> {
 
 /// Runs `strata stats`.
 pub async fn run(target: &Target, args: StatsArgs) -> Result<(), CliError> {
-    let store = open_store(target, false).await?;
-    let stats = store.stats().await;
-    close_store(store).await?;
-    let stats = stats?;
+    let client = target.client()?;
+    let stats = match &client {
+        Some(client) => client.get::<strata::StoreStats>("/stats").await?,
+        None => {
+            let store = open_store(target, false).await?;
+            let stats = store.stats().await;
+            close_store(store).await?;
+            stats?
+        }
+    };
+    let location = match &client {
+        Some(client) => client.url().to_owned(),
+        None => target.data.display().to_string(),
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         let value = StatsOutput {
@@ -55,7 +65,7 @@ pub async fn run(target: &Target, args: StatsArgs) -> Result<(), CliError> {
         let text = format!(
             "store:     {}\nbackend:   {}\nevents:    {}\nstreams:   {} (metadata streams included)\n\
              head:      {}\ndisk size: {} ({} bytes)\nsegments:  {}\n",
-            &target.data.display(),
+            location,
             stats.backend,
             stats.events,
             stats.streams,

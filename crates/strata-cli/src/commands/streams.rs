@@ -3,11 +3,15 @@
 use std::io::{BufWriter, Write};
 
 use clap::Args;
-use serde::Serialize;
-use strata::ListStreamsOptions;
+use serde::{Deserialize, Serialize};
+use strata::{ListStreamsOptions, StreamInfo};
 
 use super::{close_store, open_store, Target};
+use crate::client::{query, ServerClient};
 use crate::error::{output_error, CliError};
+
+/// Most streams one page of a server's list holds.
+const LIST_PAGE_MAX: usize = 10_000;
 use crate::output::{write_json_line, Format, Table};
 
 /// Options of `strata streams`.
@@ -38,16 +42,21 @@ struct StreamOutput<'a> {
 /// Runs `strata streams`: one line per stream, sorted by name, with the revision of its
 /// last event and how many of its events are visible under its metadata.
 pub async fn run(target: &Target, args: StreamsArgs) -> Result<(), CliError> {
-    let store = open_store(target, false).await?;
-    let options = ListStreamsOptions {
-        prefix: args.prefix.clone(),
-        after: None,
-        limit: args.limit,
-        include_system: args.all,
+    let streams = match target.client()? {
+        Some(client) => remote(&client, &args).await?,
+        None => {
+            let store = open_store(target, false).await?;
+            let options = ListStreamsOptions {
+                prefix: args.prefix.clone(),
+                after: None,
+                limit: args.limit,
+                include_system: args.all,
+            };
+            let streams = store.list_streams(options).await;
+            close_store(store).await?;
+            streams?
+        }
     };
-    let streams = store.list_streams(options).await;
-    close_store(store).await?;
-    let streams = streams?;
     let mut out = BufWriter::new(std::io::stdout());
     match args.format {
         Format::Json => {
@@ -77,4 +86,55 @@ pub async fn run(target: &Target, args: StreamsArgs) -> Result<(), CliError> {
         }
     }
     out.flush().map_err(output_error)
+}
+
+/// One entry of a server's stream list.
+#[derive(Deserialize)]
+struct RemoteStream {
+    stream: String,
+    last_revision: u64,
+    visible_events: u64,
+}
+
+/// A page of a server's stream list.
+#[derive(Deserialize)]
+struct RemoteList {
+    streams: Vec<RemoteStream>,
+    next_after: Option<String>,
+}
+
+/// Lists streams through a server, following its pages.
+async fn remote(client: &ServerClient, args: &StreamsArgs) -> Result<Vec<StreamInfo>, CliError> {
+    let mut streams = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut pairs = Vec::new();
+        if let Some(prefix) = &args.prefix {
+            pairs.push(("prefix", prefix.clone()));
+        }
+        if let Some(after) = &after {
+            pairs.push(("after", after.clone()));
+        }
+        if let Some(limit) = args.limit {
+            // The server caps a page; ask for what is still missing.
+            let missing = limit.saturating_sub(streams.len()).min(LIST_PAGE_MAX);
+            if missing == 0 {
+                return Ok(streams);
+            }
+            pairs.push(("limit", missing.to_string()));
+        }
+        if args.all {
+            pairs.push(("include_system", "true".to_owned()));
+        }
+        let page: RemoteList = client.get(&format!("/streams{}", query(&pairs))).await?;
+        streams.extend(page.streams.into_iter().map(|s| StreamInfo {
+            name: s.stream,
+            last_revision: s.last_revision,
+            visible_events: s.visible_events,
+        }));
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(streams),
+        }
+    }
 }

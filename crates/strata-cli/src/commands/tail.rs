@@ -8,6 +8,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::read::EventPrinter;
 use super::{close_store, follow, open_store, FilterArgs, Target, ALL};
+use crate::client::{encode, error_object, query, recorded_event, ServerClient};
 use crate::error::CliError;
 use crate::output::Format;
 
@@ -118,6 +119,9 @@ pub async fn run(target: &Target, args: TailArgs) -> Result<(), CliError> {
     if sink.done() {
         return Ok(());
     }
+    if let Some(client) = target.client()? {
+        return remote(&client, &args, &mut sink, &mut shutdown).await;
+    }
     match open_store(target, false).await {
         Ok(store) => {
             let result = subscribe(&store, &args, &mut sink, &mut shutdown).await;
@@ -181,6 +185,45 @@ async fn subscribe(
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// Follows through a server's live NDJSON stream.
+async fn remote(
+    client: &ServerClient,
+    args: &TailArgs,
+    sink: &mut Sink,
+    shutdown: &mut Shutdown,
+) -> Result<(), CliError> {
+    let from = if args.from_start { "start" } else { "end" };
+    let mut pairs = vec![("from", from.to_owned()), ("format", "ndjson".to_owned())];
+    if args.stream == ALL {
+        pairs.extend(args.filter.to_query());
+    }
+    let path = format!("/streams/{}/live{}", encode(&args.stream), query(&pairs));
+    let mut lines = client.lines(&path).await?;
+    let protocol = |message: String| CliError::Protocol {
+        url: client.url().to_owned(),
+        message,
+    };
+    loop {
+        let line = tokio::select! {
+            _ = shutdown.recv() => return Ok(()),
+            line = lines.next() => line?,
+        };
+        let Some(line) = line else {
+            return Err(protocol("the live stream ended".into()));
+        };
+        if let Some(event) = line.event {
+            let event = recorded_event(&event).map_err(protocol)?;
+            if sink.print(&[event])? {
+                return Ok(());
+            }
+        } else if line.caught_up.is_some() {
+            caught_up();
+        } else if let Some(error) = line.error {
+            return Err(error_object(&error, b""));
         }
     }
 }

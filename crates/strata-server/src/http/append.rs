@@ -1,0 +1,157 @@
+//! `POST /streams/{stream}` (one stream) and `POST /streams` (several streams, all or
+//! nothing).
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use strata::{AppendError, AppendRequest, AppendResult, ExpectedRevision};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::json::{body_bytes, parse, parse_events, EventInput};
+use super::params::{parse_expected, Params, StreamPath};
+use super::HttpState;
+use crate::metrics::{Api, Outcome};
+
+/// Where an append's events were recorded.
+#[derive(Debug, Serialize)]
+pub struct AppendResponse {
+    /// The stream.
+    pub stream: String,
+    /// Revision of the first event (the next revision if there were none).
+    pub first_revision: u64,
+    /// Revision of the last event, `null` if there were none.
+    pub last_revision: Option<u64>,
+    /// Revision of each event, in order.
+    pub revisions: Vec<u64>,
+    /// Global position of each event, in order.
+    pub positions: Vec<u64>,
+    /// Id of each event, in order (generated ones included).
+    pub ids: Vec<Uuid>,
+    /// Position of the last event (pass it as `min_position` to read your write).
+    pub position: Option<u64>,
+    /// The stream's revision now: pass it as `expected_revision` to append again.
+    pub current_revision: Value,
+}
+
+impl AppendResponse {
+    fn new(result: AppendResult, ids: Vec<Uuid>) -> AppendResponse {
+        let revisions: Vec<u64> = (0..result.positions.len() as u64)
+            .map(|i| result.first_revision + i)
+            .collect();
+        AppendResponse {
+            last_revision: revisions.last().copied(),
+            position: result.last_position().map(|p| p.0),
+            positions: result.positions.iter().map(|p| p.0).collect(),
+            current_revision: super::error::current_json(result.current_revision),
+            first_revision: result.first_revision,
+            stream: result.stream,
+            revisions,
+            ids,
+        }
+    }
+}
+
+/// `POST /streams/{stream}?expected_revision=…`: the body is one event or an array.
+pub async fn append(
+    State(http): State<HttpState>,
+    StreamPath(stream): StreamPath,
+    mut params: Params,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<AppendResponse>, ApiError> {
+    let expected = params.take_expected()?;
+    params.finish()?;
+    let body = body_bytes(body, http.state.options.max_request_body)?;
+    let events = parse_events(&body)?;
+    let request = AppendRequest::new(stream, expected, events);
+    let mut responses = record(&http, vec![request]).await?;
+    Ok(Json(responses.swap_remove(0)))
+}
+
+/// One stream's part of a multi-stream append body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamAppendInput {
+    stream: String,
+    #[serde(default)]
+    expected_revision: Option<Value>,
+    events: Vec<EventInput>,
+}
+
+/// The body of `POST /streams`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MultiAppendInput {
+    appends: Vec<StreamAppendInput>,
+}
+
+/// The answer to `POST /streams`: one result per stream, in request order.
+#[derive(Debug, Serialize)]
+pub struct MultiAppendResponse {
+    /// Each stream's result.
+    pub results: Vec<AppendResponse>,
+}
+
+/// `POST /streams`: `{ "appends": [ { "stream", "expected_revision", "events" } ] }`,
+/// all or nothing.
+pub async fn append_multi(
+    State(http): State<HttpState>,
+    params: Params,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<MultiAppendResponse>, ApiError> {
+    params.finish()?;
+    let body = body_bytes(body, http.state.options.max_request_body)?;
+    let input: MultiAppendInput = parse(&body)?;
+    let mut requests = Vec::with_capacity(input.appends.len());
+    for part in input.appends {
+        let expected = match &part.expected_revision {
+            None => ExpectedRevision::Any,
+            Some(Value::Number(n)) => parse_expected(&n.to_string())?,
+            Some(Value::String(text)) => parse_expected(text)?,
+            Some(other) => parse_expected(&other.to_string())?,
+        };
+        let events = part
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(index, input)| input.into_event(index))
+            .collect::<Result<Vec<_>, _>>()?;
+        requests.push(AppendRequest::new(part.stream, expected, events));
+    }
+    let results = record(&http, requests).await?;
+    Ok(Json(MultiAppendResponse { results }))
+}
+
+/// Appends and records the outcome in the metrics.
+async fn record(
+    http: &HttpState,
+    requests: Vec<AppendRequest>,
+) -> Result<Vec<AppendResponse>, ApiError> {
+    let ids: Vec<Vec<Uuid>> = requests
+        .iter()
+        .map(|r| r.events.iter().map(|e| e.id).collect())
+        .collect();
+    let events: usize = ids.iter().map(Vec::len).sum();
+    let started = Instant::now();
+    let result = http.state.store.append_multi(requests).await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Ok,
+        Err(AppendError::WrongExpectedRevision { .. })
+        | Err(AppendError::IdempotencyConflict { .. }) => Outcome::Conflict,
+        Err(AppendError::Storage(_)) => Outcome::Error,
+        Err(_) => Outcome::Rejected,
+    };
+    http.state
+        .metrics
+        .record_append(Api::Http, outcome, events, started.elapsed());
+    Ok(result?
+        .into_iter()
+        .zip(ids)
+        .map(|(result, ids)| AppendResponse::new(result, ids))
+        .collect())
+}

@@ -1,0 +1,237 @@
+//! Errors of the HTTP API and how they look on the wire: a status code and
+//! `{ "error": { "code", "message", … } }`.
+//!
+//! `code` is a stable snake_case identifier clients can match on; `message` is for
+//! people. Some errors add fields next to them (a conflict's `expected` and `actual`).
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use strata::{
+    AppendError, CurrentRevision, ExpectedRevision, FilterError, InvalidInput, ReadError,
+    StorageError,
+};
+
+/// Why an HTTP request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request is malformed: bad JSON, a bad query parameter, a missing field.
+    #[error("{message}")]
+    BadRequest {
+        /// Stable identifier, e.g. `malformed_json`.
+        code: &'static str,
+        /// What is wrong, for people.
+        message: String,
+    },
+    /// The request body is larger than the server accepts.
+    #[error("the request body is larger than the limit of {max} bytes")]
+    BodyTooLarge {
+        /// The limit, in bytes (`ServerOptions::max_request_body`).
+        max: usize,
+    },
+    /// An append, delete or metadata write failed.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// A read or a live stream failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A filter's regular expression does not compile.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    /// The log did not reach `min_position` within the wait limit.
+    #[error(
+        "the log did not reach position {min_position} within {} ms (head: {})",
+        waited.as_millis(),
+        head.map_or_else(|| "none".to_owned(), |h| h.to_string())
+    )]
+    PositionNotReached {
+        /// The position asked for.
+        min_position: u64,
+        /// The head when the wait gave up.
+        head: Option<u64>,
+        /// How long the request waited.
+        waited: Duration,
+    },
+    /// The client already holds as many live streams as it may.
+    #[error("this client already has {max} live streams open, the limit")]
+    TooManyLiveStreams {
+        /// The limit (`ServerOptions::max_subscriptions_per_connection`).
+        max: usize,
+    },
+    /// The server is shutting down and takes no new long-lived work.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// No route matches the request's path.
+    #[error("no such resource: {path}")]
+    NoRoute {
+        /// The path asked for.
+        path: String,
+    },
+}
+
+impl ApiError {
+    /// A 400 with `code` and `message`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The status, the code and any extra fields of the error body.
+    fn parts(&self) -> (StatusCode, &'static str, Map<String, Value>) {
+        let mut extra = Map::new();
+        let (status, code) = match self {
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code),
+            ApiError::BodyTooLarge { max } => {
+                extra.insert("max_bytes".into(), json!(max));
+                (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+            }
+            ApiError::Append(error) => append_parts(error, &mut extra),
+            ApiError::Read(error) => read_parts(error, &mut extra),
+            ApiError::Filter(FilterError::BadRegex { pattern, .. }) => {
+                extra.insert("pattern".into(), json!(pattern));
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_filter")
+            }
+            ApiError::PositionNotReached {
+                min_position, head, ..
+            } => {
+                extra.insert("min_position".into(), json!(min_position));
+                extra.insert("head".into(), json!(head));
+                (StatusCode::GATEWAY_TIMEOUT, "position_not_reached")
+            }
+            ApiError::TooManyLiveStreams { max } => {
+                extra.insert("max".into(), json!(max));
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_live_streams")
+            }
+            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
+        };
+        (status, code, extra)
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// The error object (`{ "code", "message", … }`) without the outer `error` key, as
+    /// live streams send it in-band.
+    pub fn body(&self) -> Value {
+        let (_, code, mut extra) = self.parts();
+        let mut object = Map::new();
+        object.insert("code".into(), json!(code));
+        object.insert("message".into(), json!(self.to_string()));
+        object.append(&mut extra);
+        Value::Object(object)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "HTTP request failed");
+        }
+        (status, Json(json!({ "error": self.body() }))).into_response()
+    }
+}
+
+/// The wire form of an expected revision, as the `expected_revision` parameter takes it.
+pub fn expected_json(expected: ExpectedRevision) -> Value {
+    match expected {
+        ExpectedRevision::Any => json!("any"),
+        ExpectedRevision::NoStream => json!("no_stream"),
+        ExpectedRevision::StreamExists => json!("stream_exists"),
+        ExpectedRevision::Exact(revision) => json!(revision),
+    }
+}
+
+/// The wire form of a stream's state: its last revision, or `"no_stream"`.
+pub fn current_json(current: CurrentRevision) -> Value {
+    match current {
+        CurrentRevision::NoStream => json!("no_stream"),
+        CurrentRevision::Current(revision) => json!(revision),
+    }
+}
+
+fn append_parts(error: &AppendError, extra: &mut Map<String, Value>) -> (StatusCode, &'static str) {
+    match error {
+        AppendError::WrongExpectedRevision {
+            stream,
+            expected,
+            actual,
+        } => {
+            extra.insert("stream".into(), json!(stream));
+            extra.insert("expected".into(), expected_json(*expected));
+            extra.insert("actual".into(), current_json(*actual));
+            (StatusCode::CONFLICT, "wrong_expected_revision")
+        }
+        AppendError::StreamDeleted { stream } => {
+            extra.insert("stream".into(), json!(stream));
+            (StatusCode::GONE, "stream_deleted")
+        }
+        AppendError::IdempotencyConflict { stream, event_id } => {
+            extra.insert("stream".into(), json!(stream));
+            extra.insert("event_id".into(), json!(event_id));
+            (StatusCode::CONFLICT, "idempotency_conflict")
+        }
+        AppendError::Invalid(invalid) => invalid_parts(invalid),
+        AppendError::Storage(storage) => storage_parts(storage),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "append_failed"),
+    }
+}
+
+fn read_parts(error: &ReadError, extra: &mut Map<String, Value>) -> (StatusCode, &'static str) {
+    match error {
+        ReadError::StreamNotFound { stream } => {
+            extra.insert("stream".into(), json!(stream));
+            (StatusCode::NOT_FOUND, "stream_not_found")
+        }
+        ReadError::StreamDeleted { stream } => {
+            extra.insert("stream".into(), json!(stream));
+            (StatusCode::GONE, "stream_deleted")
+        }
+        ReadError::Invalid(invalid) => invalid_parts(invalid),
+        ReadError::Storage(storage) => storage_parts(storage),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "read_failed"),
+    }
+}
+
+/// Limits on size are 413; every other broken rule is 400.
+fn invalid_parts(invalid: &InvalidInput) -> (StatusCode, &'static str) {
+    use InvalidInput as I;
+    match invalid {
+        I::EventTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "event_too_large"),
+        I::AppendTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "append_too_large"),
+        I::TooManyEvents { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_events"),
+        I::TooManyStreams { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_streams"),
+        I::StreamNameTooLong { .. } => (StatusCode::BAD_REQUEST, "stream_name_too_long"),
+        I::EmptyStreamName | I::InvalidStreamName { .. } => {
+            (StatusCode::BAD_REQUEST, "invalid_stream_name")
+        }
+        I::ReservedStreamName { .. } => (StatusCode::BAD_REQUEST, "reserved_stream_name"),
+        I::EventTypeTooLong { .. } => (StatusCode::BAD_REQUEST, "event_type_too_long"),
+        I::EmptyEventType { .. } => (StatusCode::BAD_REQUEST, "invalid_event_type"),
+        I::ReservedEventType { .. } => (StatusCode::BAD_REQUEST, "reserved_event_type"),
+        I::DuplicateStream { .. } => (StatusCode::BAD_REQUEST, "duplicate_stream"),
+        I::InvalidMetadata { .. } => (StatusCode::BAD_REQUEST, "invalid_metadata"),
+        I::InvalidRead { .. } => (StatusCode::BAD_REQUEST, "invalid_read"),
+        _ => (StatusCode::BAD_REQUEST, "invalid_input"),
+    }
+}
+
+/// A full disk is 507 and a store that may come back (a PostgreSQL outage, a closing
+/// store) is 503, so clients know a retry can help; anything else is 500.
+fn storage_parts(storage: &StorageError) -> (StatusCode, &'static str) {
+    match storage {
+        StorageError::DiskFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+        StorageError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "store_closed"),
+        error if error.is_transient() => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+    }
+}

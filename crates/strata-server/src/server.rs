@@ -140,6 +140,9 @@ impl Server {
             );
             tasks.abort_all();
         }
+        // Persistent-subscription groups write their final checkpoints and let go of
+        // the store, so that closing it below really closes (and syncs) it.
+        state.persistent.stop_all().await;
         let store = state.store.clone();
         drop(state);
         store.close().await?;

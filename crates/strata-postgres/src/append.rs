@@ -344,8 +344,8 @@ fn expand(
 const OUTCOME: &str = "SA001";
 
 pub const APPEND_FUNCTION: &str = "SELECT strata_append($1::text[], $2::bigint[], $3::uuid[],
-     $4::int[], $5::bigint[], $6::uuid[], $7::text[], $8::boolean[], $9::bytea[],
-     $10::bytea[], $11::bigint[], $12::bigint[], $13::int)";
+     $4::bigint[], $5::int[], $6::bigint[], $7::uuid[], $8::text[], $9::boolean[], $10::bytea[],
+     $11::bytea[], $12::bigint[], $13::bigint[], $14::int)";
 
 /// Whether `parts` can take the one-call path: plain appends to ordinary streams whose
 /// expected revisions fit PostgreSQL's bigint. Metadata streams, deletes and tombstones
@@ -392,6 +392,7 @@ pub async fn append_fast(
         .iter()
         .map(|(p, _)| p.events.first().map(|e| e.id))
         .collect();
+    let counts: Vec<i64> = parts.iter().map(|(p, _)| p.events.len() as i64).collect();
     let count: usize = parts.iter().map(|(p, _)| p.events.len()).sum();
     let mut part_of = Vec::with_capacity(count);
     let mut offset = Vec::with_capacity(count);
@@ -416,10 +417,11 @@ pub async fn append_fast(
             valid_at.push(event.valid_at.map(|t| t.as_micros() as i64));
         }
     }
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 14] = [
         &streams,
         &expected,
         &first_ids,
+        &counts,
         &part_of,
         &offset,
         &ids,

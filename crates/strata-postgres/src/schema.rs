@@ -46,49 +46,50 @@ const MIGRATIONS: &[&str] = &[
     // tombstoned stream ('deleted', DETAIL 'part'), or needs the general path ('slow': a
     // soft-deleted stream to revive, or a retry of recorded events to answer exactly).
     "CREATE FUNCTION strata_append(
-        p_streams text[], p_expected bigint[], p_first_ids uuid[],
+        p_streams text[], p_expected bigint[], p_first_ids uuid[], p_counts bigint[],
         p_part int[], p_offset bigint[], p_ids uuid[], p_types text[], p_binary boolean[],
         p_data bytea[], p_metadata bytea[], p_recorded_at bigint[], p_valid_at bigint[],
         p_delay_ms int
      ) RETURNS bigint[] LANGUAGE plpgsql AS $fn$
      DECLARE
         v_xid bigint := pg_current_xact_id()::text::bigint;
-        v_starts bigint[] := '{}';
-        v_next bigint;
-        v_tombstoned boolean;
-        v_metadata jsonb;
+        v_starts bigint[] := array_fill(0::bigint, ARRAY[array_length(p_streams, 1)]);
+        v_start bigint;
         v_expected bigint;
-        v_counts bigint[];
+        r record;
         i int;
      BEGIN
-        -- Lock (creating) the stream rows in name order: concurrent appends never deadlock.
-        WITH locked AS (
-            INSERT INTO strata_streams (name) SELECT unnest(p_streams) ORDER BY 1
-            ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING 1
-        ) SELECT count(*) INTO i FROM locked;
-        FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
-            SELECT next_revision, tombstoned, metadata INTO v_next, v_tombstoned, v_metadata
-              FROM strata_streams WHERE name = p_streams[i];
-            IF v_tombstoned THEN
+        -- One statement locks every stream row in name order (concurrent appends never
+        -- deadlock), creates the missing ones, reserves the revisions and returns the
+        -- state before: one new row version per stream. Any exception below undoes it.
+        FOR r IN
+            INSERT INTO strata_streams AS s (name, next_revision)
+                SELECT u.name, u.n FROM unnest(p_streams, p_counts) AS u(name, n) ORDER BY 1
+            ON CONFLICT (name) DO UPDATE SET next_revision = s.next_revision + EXCLUDED.next_revision
+            RETURNING s.name, s.next_revision, s.tombstoned, s.metadata
+        LOOP
+            i := array_position(p_streams, r.name);
+            v_start := r.next_revision - p_counts[i];
+            IF r.tombstoned THEN
                 RAISE EXCEPTION USING ERRCODE = 'SA001', MESSAGE = 'deleted', DETAIL = i::text;
             END IF;
-            IF coalesce((v_metadata->>'$tb')::numeric, 0) = 9223372036854775807 THEN
+            IF coalesce((r.metadata->>'$tb')::numeric, 0) = 9223372036854775807 THEN
                 RAISE EXCEPTION USING ERRCODE = 'SA001', MESSAGE = 'slow', DETAIL = i::text;
             END IF;
             IF p_first_ids[i] IS NOT NULL AND EXISTS (
-                SELECT 1 FROM strata_events WHERE id = p_first_ids[i] AND stream = p_streams[i]
+                SELECT 1 FROM strata_events WHERE id = p_first_ids[i] AND stream = r.name
             ) THEN
                 RAISE EXCEPTION USING ERRCODE = 'SA001', MESSAGE = 'slow', DETAIL = i::text;
             END IF;
             v_expected := p_expected[i];
             IF NOT (v_expected = -2
-                    OR (v_expected = -1 AND v_next = 0)
-                    OR (v_expected = -4 AND v_next > 0)
-                    OR (v_expected >= 0 AND v_next = v_expected + 1)) THEN
+                    OR (v_expected = -1 AND v_start = 0)
+                    OR (v_expected = -4 AND v_start > 0)
+                    OR (v_expected >= 0 AND v_start = v_expected + 1)) THEN
                 RAISE EXCEPTION USING ERRCODE = 'SA001', MESSAGE = 'conflict',
-                    DETAIL = i::text || ',' || v_next::text;
+                    DETAIL = i::text || ',' || v_start::text;
             END IF;
-            v_starts := v_starts || v_next;
+            v_starts[i] := v_start;
         END LOOP;
         INSERT INTO strata_events
             (position, stream, revision, id, event_type, is_binary, data, metadata, recorded_at, valid_at)
@@ -97,13 +98,6 @@ const MIGRATIONS: &[&str] = &[
           FROM unnest(p_part, p_offset, p_ids, p_types, p_binary, p_data, p_metadata,
                       p_recorded_at, p_valid_at)
                WITH ORDINALITY AS e(part, off, id, t, b, d, m, r, v, ord);
-        SELECT array_agg(coalesce(c.n, 0) ORDER BY s.i) INTO v_counts
-          FROM generate_subscripts(p_streams, 1) AS s(i)
-          LEFT JOIN (SELECT part, count(*) AS n FROM unnest(p_part) AS part GROUP BY part) AS c
-            ON c.part = s.i;
-        UPDATE strata_streams AS s SET next_revision = u.start + u.n
-          FROM unnest(p_streams, v_starts, v_counts) AS u(name, start, n)
-         WHERE s.name = u.name AND u.n > 0;
         IF p_delay_ms > 0 THEN
             PERFORM pg_sleep(p_delay_ms / 1000.0);
         END IF;

@@ -361,8 +361,9 @@ pub fn fast_path_applies(parts: &[(AppendRequest, Kind)]) -> bool {
 
 /// What the one-call path decided.
 pub enum FastOutcome {
-    /// Recorded (committed: the call was its own transaction).
-    Done(Vec<AppendResult>),
+    /// Recorded (committed: the call was its own transaction). The flag says whether no
+    /// older transaction was running at commit, so readers see the events at once.
+    Done(Vec<AppendResult>, bool),
     /// The append needs the general path; nothing was written.
     Slow,
 }
@@ -464,13 +465,14 @@ pub async fn append_fast(
             };
         }
     };
-    // [xid, start revision of each part].
+    // [xid, visible at commit, start revision of each part].
     let answer: Vec<i64> = row.get(0);
     let base = (answer.first().copied().unwrap_or(0) as u64) << 20;
+    let visible = answer.get(1) == Some(&1);
     let mut index = 0u64;
     let mut results = Vec::with_capacity(parts.len());
     for (i, (part, _)) in parts.iter().enumerate() {
-        let start = answer.get(i + 1).copied().unwrap_or(0) as u64;
+        let start = answer.get(i + 2).copied().unwrap_or(0) as u64;
         let positions: Vec<Position> = (0..part.events.len() as u64)
             .map(|k| Position(base + index + k))
             .collect();
@@ -487,5 +489,5 @@ pub async fn append_fast(
             },
         });
     }
-    Ok(FastOutcome::Done(results))
+    Ok(FastOutcome::Done(results, visible))
 }

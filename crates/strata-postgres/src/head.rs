@@ -26,14 +26,19 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The SQL of the bound below which every position is final.
 pub const SAFE_BOUND_SQL: &str = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)";
 
-/// Keeps `head` up to date until it has no receivers left: woken by `LISTEN`, with
-/// polling as the fallback; reconnects after errors.
-pub async fn watch_head(url: String, head: watch::Sender<Option<Position>>) {
+/// Keeps `head` up to date until it has no receivers left: woken by this process's
+/// appends (`appended`), by other processes' through `LISTEN`, with polling as the
+/// fallback; reconnects after errors.
+pub async fn watch_head(
+    url: String,
+    head: watch::Sender<Option<Position>>,
+    appended: watch::Receiver<u64>,
+) {
     loop {
         if head.is_closed() {
             return;
         }
-        if let Err(error) = listen(&url, &head).await {
+        if let Err(error) = listen(&url, &head, appended.clone()).await {
             tracing::warn!(%error, "head watcher lost its connection; reconnecting");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -43,6 +48,7 @@ pub async fn watch_head(url: String, head: watch::Sender<Option<Position>>) {
 async fn listen(
     url: &str,
     head: &watch::Sender<Option<Position>>,
+    mut appended: watch::Receiver<u64>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
     let (notify, mut notified) = tokio::sync::mpsc::unbounded_channel();
@@ -85,14 +91,49 @@ async fn listen(
             }
             moved
         });
+        // A burst of wake-ups (local appends, notifications) coalesces into one query.
         tokio::select! {
             _ = notified.recv() => {
-                // Coalesce a burst of notifications into one query.
                 while notified.try_recv().is_ok() {}
+            }
+            changed = appended.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
             }
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
         }
     };
     driver.abort();
     outcome
+}
+
+/// Tells other processes' head watchers that this one appended: one `NOTIFY` per burst
+/// of appends (a wake-up that arrives while a notification is being sent is carried by
+/// the next one), on a connection of its own, so an append costs no statement for it.
+/// Ends when the store is dropped.
+pub async fn notify_others(url: String, mut appended: watch::Receiver<u64>) {
+    loop {
+        let (client, connection) = match tokio_postgres::connect(&url, NoTls).await {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "append notifier cannot connect; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let driver = tokio::spawn(connection);
+        let statement = format!("SELECT pg_notify('{CHANNEL}', '')");
+        loop {
+            if appended.changed().await.is_err() {
+                driver.abort();
+                return;
+            }
+            if let Err(error) = client.batch_execute(&statement).await {
+                tracing::warn!(%error, "append notifier lost its connection; reconnecting");
+                break;
+            }
+        }
+        driver.abort();
+    }
 }

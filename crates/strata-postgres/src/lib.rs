@@ -91,6 +91,9 @@ pub async fn connect(url: &str) -> Result<Store, OpenError> {
 pub struct PostgresStore {
     pool: Pool,
     head: watch::Receiver<Option<Position>>,
+    /// Bumped after every committed append: wakes this process's head watcher and the
+    /// notifier that wakes other processes'.
+    appended: watch::Sender<u64>,
     limits: Limits,
     append_delay: Option<AppendDelay>,
 }
@@ -122,10 +125,13 @@ impl PostgresStore {
         let mut client = connect_retrying(&pool).await?;
         schema::migrate(&mut client).await?;
         let (sender, head) = watch::channel(None);
-        tokio::spawn(head::watch_head(url.to_owned(), sender));
+        let (appended, appends) = watch::channel(0u64);
+        tokio::spawn(head::watch_head(url.to_owned(), sender, appends.clone()));
+        tokio::spawn(head::notify_others(url.to_owned(), appends));
         Ok(PostgresStore {
             pool,
             head,
+            appended,
             limits: options.limits,
             append_delay: options.append_delay,
         })
@@ -175,37 +181,19 @@ impl PostgresStore {
             let delay_ms = self.append_delay.as_ref().map_or(0, |delay| {
                 i32::try_from(delay().as_millis()).unwrap_or(i32::MAX)
             });
-            // The function call commits on its own; the notification is pipelined right
-            // behind it (same connection, so it runs after the commit), and wakes the head
-            // watchers of every node. Sent even if the append fails: a spurious wake-up is
-            // one cheap query.
             let call = client
                 .prepare_cached(append::APPEND_FUNCTION)
                 .await
                 .map_err(backend)?;
-            // The notification also reads the safe bound, after the append committed:
-            // usually no older transaction is in flight and the append is visible at once.
-            let notify = client
-                .prepare_cached(&format!(
-                    "SELECT pg_notify('{}', ''), {}",
-                    head::CHANNEL,
-                    head::SAFE_BOUND_SQL
-                ))
-                .await
-                .map_err(backend)?;
-            // Both statements are prepared, so each future's first poll puts its request
-            // on the connection: the call first, then the notification.
-            let (outcome, notified) = futures_util::join!(
-                append::append_fast(&client, &call, &parts, delay_ms),
-                client.query_one(&notify, &[])
-            );
-            if let append::FastOutcome::Done(results) = outcome? {
-                let bound: i64 = notified.map_err(backend)?.get(1);
-                let visible = results
-                    .iter()
-                    .filter_map(AppendResult::last_position)
-                    .all(|last| last.0 < bound as u64);
-                if !visible {
+            // The call is its own transaction: when it returns, the append is committed.
+            if let append::FastOutcome::Done(results, visible) =
+                append::append_fast(&client, &call, &parts, delay_ms).await?
+            {
+                if visible {
+                    // Readers bound themselves by the oldest running transaction, which
+                    // is now newer than this one: they see it. Still wake the watchers.
+                    self.wake_watchers();
+                } else {
                     self.wait_until_visible(&results).await;
                 }
                 return Ok(results);
@@ -227,15 +215,7 @@ impl PostgresStore {
             tokio::time::sleep(delay()).await;
         }
         tx.commit().await.map_err(backend)?;
-        if results.iter().any(|r| r.last_position().is_some()) {
-            // Wake the head watchers (outside the append's transaction: a transaction that
-            // notifies takes a global lock through its commit).
-            client
-                .batch_execute(&format!("SELECT pg_notify('{}', '')", head::CHANNEL))
-                .await
-                .map_err(backend)?;
-            self.wait_until_visible(&results).await;
-        }
+        self.wait_until_visible(&results).await;
         Ok(results)
     }
 
@@ -243,10 +223,20 @@ impl PostgresStore {
     /// of `$all` after an append sees it: as soon as every older transaction has ended,
     /// as the head watcher (woken by the notification) observes. Waits at most
     /// [`VISIBLE_WAIT_MAX`]; the append is durable either way.
+    ///
+    /// Wakes the head watchers first: this process's directly, other processes' by a
+    /// notification (sent outside the append's transaction: one that notifies takes a
+    /// global lock through its commit, which would serialise every append).
+    fn wake_watchers(&self) {
+        self.appended
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
     async fn wait_until_visible(&self, results: &[AppendResult]) {
         let Some(last) = results.iter().filter_map(AppendResult::last_position).max() else {
             return;
         };
+        self.wake_watchers();
         let mut head = self.head.clone();
         let _ = tokio::time::timeout(
             VISIBLE_WAIT_MAX,

@@ -41,7 +41,8 @@ const MIGRATIONS: &[&str] = &[
         state jsonb NOT NULL
      );",
     // 3: the append as one function call (one round trip, one implicit transaction) for
-    // the common case; see `append::append_fast`. It writes nothing and raises SQLSTATE
+    // the common case; see `append::append_fast`. It returns [xid, visible at commit (0/1),
+    // start revision of each part]. It writes nothing and raises SQLSTATE
     // SA001 when the append conflicts ('conflict', DETAIL 'part,next_revision'), names a
     // tombstoned stream ('deleted', DETAIL 'part'), or needs the general path ('slow': a
     // soft-deleted stream to revive, or a retry of recorded events to answer exactly).
@@ -101,7 +102,11 @@ const MIGRATIONS: &[&str] = &[
         IF p_delay_ms > 0 THEN
             PERFORM pg_sleep(p_delay_ms / 1000.0);
         END IF;
-        RETURN v_xid || v_starts;
+        -- Whether no older transaction is still running: then nothing can hold readers
+        -- below this append once it commits, and the caller need not wait to see it.
+        RETURN ARRAY[v_xid,
+                     (pg_snapshot_xmin(pg_current_snapshot())::text::bigint = v_xid)::int::bigint]
+               || v_starts;
      END
      $fn$;",
 ];

@@ -20,6 +20,7 @@
 
 mod append;
 pub mod cluster;
+mod combine;
 mod error;
 pub mod head;
 mod read;
@@ -57,6 +58,10 @@ pub struct PostgresOptions {
     pub limits: Limits,
     /// For tests: a pause inside each append transaction.
     pub append_delay: Option<AppendDelay>,
+    /// Workers that make the combined append calls (group commit): each holds one
+    /// connection while it writes. More workers mean more transactions in flight, fewer
+    /// appends sharing each commit.
+    pub append_workers: usize,
 }
 
 impl std::fmt::Debug for PostgresOptions {
@@ -65,6 +70,7 @@ impl std::fmt::Debug for PostgresOptions {
             .field("pool_size", &self.pool_size)
             .field("limits", &self.limits)
             .field("append_delay", &self.append_delay.is_some())
+            .field("append_workers", &self.append_workers)
             .finish()
     }
 }
@@ -75,6 +81,7 @@ impl Default for PostgresOptions {
             pool_size: 16,
             limits: Limits::default(),
             append_delay: None,
+            append_workers: 1,
         }
     }
 }
@@ -91,6 +98,8 @@ pub async fn connect(url: &str) -> Result<Store, OpenError> {
 pub struct PostgresStore {
     pool: Pool,
     head: watch::Receiver<Option<Position>>,
+    /// Combines concurrent plain appends into shared calls.
+    combiner: combine::Combiner,
     /// Bumped after every committed append: wakes this process's head watcher and the
     /// notifier that wakes other processes'.
     appended: watch::Sender<u64>,
@@ -128,9 +137,15 @@ impl PostgresStore {
         let (appended, appends) = watch::channel(0u64);
         tokio::spawn(head::watch_head(url.to_owned(), sender, appends.clone()));
         tokio::spawn(head::notify_others(url.to_owned(), appends));
+        let combiner = combine::Combiner::start(
+            pool.clone(),
+            options.append_workers,
+            options.append_delay.clone(),
+        );
         Ok(PostgresStore {
             pool,
             head,
+            combiner,
             appended,
             limits: options.limits,
             append_delay: options.append_delay,
@@ -176,18 +191,9 @@ impl PostgresStore {
         &self,
         parts: Vec<(AppendRequest, Kind)>,
     ) -> Result<Vec<AppendResult>, AppendError> {
-        let client = self.client().await?;
-        if append::fast_path_applies(&parts) {
-            let delay_ms = self.append_delay.as_ref().map_or(0, |delay| {
-                i32::try_from(delay().as_millis()).unwrap_or(i32::MAX)
-            });
-            let call = client
-                .prepare_cached(append::APPEND_FUNCTION)
-                .await
-                .map_err(backend)?;
-            // The call is its own transaction: when it returns, the append is committed.
-            if let append::FastOutcome::Done(results, visible) =
-                append::append_fast(&client, &call, &parts, delay_ms).await?
+        if combine::applies(&parts) {
+            if let combine::Outcome::Done(results, visible) =
+                self.combiner.append(parts.clone()).await?
             {
                 if visible {
                     // Readers bound themselves by the oldest running transaction, which
@@ -199,6 +205,7 @@ impl PostgresStore {
                 return Ok(results);
             }
         }
+        let client = self.client().await?;
         self.run_general(client, parts).await
     }
 

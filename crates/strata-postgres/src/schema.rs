@@ -40,73 +40,125 @@ const MIGRATIONS: &[&str] = &[
         position bigint NOT NULL,
         state jsonb NOT NULL
      );",
-    // 3: the append as one function call (one round trip, one implicit transaction) for
-    // the common case; see `append::append_fast`. It returns [xid, visible at commit (0/1),
-    // start revision of each part]. It writes nothing and raises SQLSTATE
-    // SA001 when the append conflicts ('conflict', DETAIL 'part,next_revision'), names a
-    // tombstoned stream ('deleted', DETAIL 'part'), or needs the general path ('slow': a
-    // soft-deleted stream to revive, or a retry of recorded events to answer exactly).
-    "CREATE FUNCTION strata_append(
-        p_streams text[], p_expected bigint[], p_first_ids uuid[], p_counts bigint[],
-        p_part int[], p_offset bigint[], p_ids uuid[], p_types text[], p_binary boolean[],
-        p_data bytea[], p_metadata bytea[], p_recorded_at bigint[], p_valid_at bigint[],
-        p_delay_ms int
+    // 3: appends as one function call (one round trip, one implicit transaction) for the
+    // common case; see `combine.rs`. One call carries the appends of several callers
+    // ("groups", each all or nothing) so that they share one commit. Per part it returns
+    // a status and a value: 0 written (value: first revision), 1 wrong expected revision
+    // (value: the stream's next revision), 2 tombstoned, 3 needs the general path (a
+    // soft-deleted stream to revive, or a retry of recorded events to answer exactly),
+    // 4 not written because another part of its group failed. The array starts with the
+    // transaction id and whether no older transaction was running (so readers see the
+    // events as soon as the call returns).
+    "CREATE FUNCTION strata_append_groups(
+        p_group int[], p_streams text[], p_expected bigint[], p_first_ids uuid[],
+        p_counts bigint[], p_part int[], p_offset bigint[], p_ids uuid[], p_types text[],
+        p_binary boolean[], p_data bytea[], p_metadata bytea[], p_recorded_at bigint[],
+        p_valid_at bigint[], p_delay_ms int
      ) RETURNS bigint[] LANGUAGE plpgsql AS $fn$
      DECLARE
         v_xid bigint := pg_current_xact_id()::text::bigint;
-        v_starts bigint[] := array_fill(0::bigint, ARRAY[array_length(p_streams, 1)]);
+        n int := coalesce(array_length(p_streams, 1), 0);
+        v_status bigint[] := array_fill(0::bigint, ARRAY[n]);
+        v_value bigint[] := array_fill(0::bigint, ARRAY[n]);
+        v_names text[];
+        v_next bigint[];
+        v_tomb boolean[];
+        v_deleted boolean[];
+        v_changed boolean[];
+        v_group_next bigint[];
+        v_written boolean[] := array_fill(false, ARRAY[n]);
+        v_out bigint[];
+        i int;
+        k int;
+        g int;
+        first int;
+        last int;
         v_start bigint;
         v_expected bigint;
-        r record;
-        i int;
+        v_failed boolean;
      BEGIN
-        -- One statement locks every stream row in name order (concurrent appends never
-        -- deadlock), creates the missing ones, reserves the revisions and returns the
-        -- state before: one new row version per stream. Any exception below undoes it.
-        FOR r IN
-            INSERT INTO strata_streams AS s (name, next_revision)
-                SELECT u.name, u.n FROM unnest(p_streams, p_counts) AS u(name, n) ORDER BY 1
-            ON CONFLICT (name) DO UPDATE SET next_revision = s.next_revision + EXCLUDED.next_revision
-            RETURNING s.name, s.next_revision, s.tombstoned, s.metadata
-        LOOP
-            i := array_position(p_streams, r.name);
-            v_start := r.next_revision - p_counts[i];
-            IF r.tombstoned THEN
-                RAISE EXCEPTION USING ERRCODE = 'SA001', MESSAGE = 'deleted', DETAIL = i::text;
+        -- Lock (creating) every stream row in name order: concurrent calls never deadlock.
+        WITH locked AS (
+            INSERT INTO strata_streams AS s (name)
+                SELECT DISTINCT u FROM unnest(p_streams) AS u ORDER BY 1
+            ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+            RETURNING s.name, s.next_revision, s.tombstoned,
+                      coalesce((s.metadata->>'$tb')::numeric, 0) = 9223372036854775807 AS deleted
+        )
+        SELECT array_agg(name), array_agg(next_revision), array_agg(tombstoned), array_agg(deleted)
+          INTO v_names, v_next, v_tomb, v_deleted FROM locked;
+        v_changed := array_fill(false, ARRAY[coalesce(array_length(v_names, 1), 0)]);
+        -- Groups in order; a group's parts are contiguous.
+        first := 1;
+        WHILE first <= n LOOP
+            g := p_group[first];
+            last := first;
+            WHILE last < n AND p_group[last + 1] = g LOOP
+                last := last + 1;
+            END LOOP;
+            v_failed := false;
+            v_group_next := v_next;
+            FOR i IN first .. last LOOP
+                k := array_position(v_names, p_streams[i]);
+                v_start := v_group_next[k];
+                IF v_tomb[k] THEN
+                    v_status[i] := 2; v_failed := true; EXIT;
+                END IF;
+                IF v_deleted[k] THEN
+                    v_status[i] := 3; v_failed := true; EXIT;
+                END IF;
+                IF p_first_ids[i] IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM strata_events WHERE id = p_first_ids[i] AND stream = p_streams[i]
+                ) THEN
+                    v_status[i] := 3; v_failed := true; EXIT;
+                END IF;
+                v_expected := p_expected[i];
+                IF NOT (v_expected = -2
+                        OR (v_expected = -1 AND v_start = 0)
+                        OR (v_expected = -4 AND v_start > 0)
+                        OR (v_expected >= 0 AND v_start = v_expected + 1)) THEN
+                    v_status[i] := 1; v_value[i] := v_start; v_failed := true; EXIT;
+                END IF;
+                v_value[i] := v_start;
+                v_group_next[k] := v_start + p_counts[i];
+            END LOOP;
+            IF v_failed THEN
+                FOR i IN first .. last LOOP
+                    IF v_status[i] = 0 THEN
+                        v_status[i] := 4;
+                    END IF;
+                END LOOP;
+            ELSE
+                FOR i IN first .. last LOOP
+                    v_written[i] := true;
+                    k := array_position(v_names, p_streams[i]);
+                    v_changed[k] := v_changed[k] OR p_counts[i] > 0;
+                END LOOP;
+                v_next := v_group_next;
             END IF;
-            IF coalesce((r.metadata->>'$tb')::numeric, 0) = 9223372036854775807 THEN
-                RAISE EXCEPTION USING ERRCODE = 'SA001', MESSAGE = 'slow', DETAIL = i::text;
-            END IF;
-            IF p_first_ids[i] IS NOT NULL AND EXISTS (
-                SELECT 1 FROM strata_events WHERE id = p_first_ids[i] AND stream = r.name
-            ) THEN
-                RAISE EXCEPTION USING ERRCODE = 'SA001', MESSAGE = 'slow', DETAIL = i::text;
-            END IF;
-            v_expected := p_expected[i];
-            IF NOT (v_expected = -2
-                    OR (v_expected = -1 AND v_start = 0)
-                    OR (v_expected = -4 AND v_start > 0)
-                    OR (v_expected >= 0 AND v_start = v_expected + 1)) THEN
-                RAISE EXCEPTION USING ERRCODE = 'SA001', MESSAGE = 'conflict',
-                    DETAIL = i::text || ',' || v_start::text;
-            END IF;
-            v_starts[i] := v_start;
+            first := last + 1;
         END LOOP;
+        -- The events of the written parts, numbered in call order.
         INSERT INTO strata_events
             (position, stream, revision, id, event_type, is_binary, data, metadata, recorded_at, valid_at)
-        SELECT (v_xid << 20) + e.ord - 1, p_streams[e.part], v_starts[e.part] + e.off, e.id, e.t,
-               e.b, e.d, e.m, e.r, e.v
+        SELECT (v_xid << 20) + row_number() OVER (ORDER BY e.ord) - 1, p_streams[e.part],
+               v_value[e.part] + e.off, e.id, e.t, e.b, e.d, e.m, e.r, e.v
           FROM unnest(p_part, p_offset, p_ids, p_types, p_binary, p_data, p_metadata,
                       p_recorded_at, p_valid_at)
-               WITH ORDINALITY AS e(part, off, id, t, b, d, m, r, v, ord);
+               WITH ORDINALITY AS e(part, off, id, t, b, d, m, r, v, ord)
+         WHERE v_written[e.part];
+        UPDATE strata_streams AS s SET next_revision = u.next
+          FROM unnest(v_names, v_next, v_changed) AS u(name, next, changed)
+         WHERE s.name = u.name AND u.changed;
         IF p_delay_ms > 0 THEN
             PERFORM pg_sleep(p_delay_ms / 1000.0);
         END IF;
-        -- Whether no older transaction is still running: then nothing can hold readers
-        -- below this append once it commits, and the caller need not wait to see it.
-        RETURN ARRAY[v_xid,
-                     (pg_snapshot_xmin(pg_current_snapshot())::text::bigint = v_xid)::int::bigint]
-               || v_starts;
+        v_out := ARRAY[v_xid,
+                       (pg_snapshot_xmin(pg_current_snapshot())::text::bigint = v_xid)::int::bigint];
+        FOR i IN 1 .. n LOOP
+            v_out := v_out || v_status[i] || v_value[i];
+        END LOOP;
+        RETURN v_out;
      END
      $fn$;",
 ];

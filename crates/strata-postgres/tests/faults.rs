@@ -56,7 +56,7 @@ async fn an_append_whose_connection_breaks_is_retried_exactly_once() {
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                  WHERE datname = $1 AND (state = 'idle in transaction'
-                   OR (state = 'active' AND query LIKE '%strata_append(%'))",
+                   OR (state = 'active' AND query LIKE '%strata_append_groups(%'))",
                 &[&database],
             )
             .await

@@ -33,6 +33,8 @@ async fn subscribers_never_skip_an_event_that_commits_late() {
     let options = PostgresOptions {
         append_delay: Some(delay),
         pool_size: WRITERS + 4,
+        // As many concurrent append transactions as writers: they commit out of order.
+        append_workers: WRITERS,
         ..PostgresOptions::default()
     };
     let store = Store::from_backend(Arc::new(

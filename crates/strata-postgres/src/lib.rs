@@ -22,10 +22,14 @@ mod append;
 pub mod cluster;
 mod error;
 pub mod head;
+mod leases;
 mod read;
 mod schema;
+mod sink;
 mod snapshots;
 
+pub use leases::PostgresLeases;
+pub use sink::{CommitFault, PostgresSink, SinkRuntimeError};
 pub use snapshots::PostgresSnapshots;
 
 use std::sync::Arc;
@@ -140,6 +144,16 @@ impl PostgresStore {
     /// A snapshot store in the same database, shared by every node.
     pub fn snapshots(&self) -> PostgresSnapshots {
         PostgresSnapshots::new(self.pool.clone())
+    }
+
+    /// Leases in the same database, shared by every node: see [`strata::lease`].
+    pub fn leases(&self) -> PostgresLeases {
+        PostgresLeases::new(self.pool.clone())
+    }
+
+    /// A projection sink in the same database, shared by every node.
+    pub fn sink(&self) -> PostgresSink {
+        PostgresSink::new(self.pool.clone())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use strata::lease::{Lease, LeaseOptions, LeaseState, LeasedProjection};
+use strata::lease::{Lease, LeaseOptions, LeaseState, LeasedProjection, Leases};
 use strata::projection::{
     DocumentTx, Projection, ProjectionError, ProjectionRunner, RunError, RunnerOptions,
 };
@@ -329,6 +329,70 @@ async fn a_killed_holder_is_replaced_and_every_event_is_applied_once() {
     for mut node in std::mem::take(&mut *nodes.lock().unwrap()) {
         node.kill();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_whose_lease_was_taken_over_cannot_commit() {
+    let url = database("fenced_runner").await;
+    let backend = connect_to_log_after_first_event(&url).await;
+    let store = Store::from_backend(backend.clone());
+    let leases = backend.leases();
+    let ttl = Duration::from_millis(500);
+    let a = leases.acquire(LEASE, "a", ttl).await.unwrap().unwrap();
+    // A node that stalled (nothing renews its lease) while its runner goes on.
+    let options = RunnerOptions::default();
+    let runner = ProjectionRunner::start(
+        store.clone(),
+        Balances,
+        backend.sink().fenced(&a),
+        options.clone(),
+    )
+    .await
+    .unwrap();
+    let first = deposit(&store, 1, ACCOUNTS).await;
+    runner
+        .wait_for(first, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(checkpoint(&backend).await, Some(first));
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let b = leases
+        .acquire(LEASE, "b", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let later = deposit(&store, 2, ACCOUNTS).await;
+    // a's runner applies the event, but its commit is refused and it stops.
+    assert!(runner
+        .wait_for(later, Duration::from_secs(10))
+        .await
+        .is_err());
+    let error = runner.stop().await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            RunError::Sink {
+                source: strata::projection::SinkError::Fenced { .. },
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(checkpoint(&backend).await, Some(first));
+    // The new holder carries on from a's checkpoint.
+    let runner =
+        ProjectionRunner::start(store.clone(), Balances, backend.sink().fenced(&b), options)
+            .await
+            .unwrap();
+    runner
+        .wait_for(later, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(runner.stop().await.unwrap().counts.handled, 1);
+    assert_eq!(
+        backend.sink().scan("balances").await.unwrap(),
+        serial_rebuild(&store).await
+    );
 }
 
 /// The writer's backend, once the log has an event and its head watcher has read it.

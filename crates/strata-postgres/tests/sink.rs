@@ -200,24 +200,30 @@ async fn a_takeover_waits_for_a_fenced_commit_in_flight() {
     let a = leases.acquire("proj", "a", ttl).await.unwrap().unwrap();
     // a's commit checks its lease, then stalls past the lease's expiry before writing
     // the checkpoint and committing.
-    let slow = backend
-        .sink()
-        .fenced(&a)
-        .with_commit_fault(Arc::new(move |_: &str| {
+    let stall_ended = Arc::new(std::sync::Mutex::new(None));
+    let slow = backend.sink().fenced(&a).with_commit_fault({
+        let stall_ended = stall_ended.clone();
+        Arc::new(move |_: &str| {
             std::thread::sleep(ttl * 3);
+            *stall_ended.lock().unwrap() = Some(std::time::Instant::now());
             Ok(())
-        }));
+        })
+    });
     let commit = tokio::task::spawn_blocking(move || {
         let mut tx = slow.begin("p").unwrap();
         tx.put("k", json!("a"));
         slow.commit("p", tx, Some(Position(7)))
     });
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
-    assert!(!commit.is_finished());
     // b's takeover of the expired lease waits until a's transaction ends...
     let b = leases.acquire("proj", "b", ttl).await.unwrap().unwrap();
+    let taken = std::time::Instant::now();
+    let stall_ended = stall_ended
+        .lock()
+        .unwrap()
+        .expect("the takeover did not wait");
     assert!(
-        commit.is_finished(),
+        taken > stall_ended,
         "the takeover did not wait for the commit"
     );
     commit.await.unwrap().unwrap();

@@ -23,10 +23,14 @@ pub mod cluster;
 mod combine;
 mod error;
 pub mod head;
+mod leases;
 mod read;
 mod schema;
+mod sink;
 mod snapshots;
 
+pub use leases::PostgresLeases;
+pub use sink::{CommitFault, PostgresSink, SinkRuntimeError};
 pub use snapshots::PostgresSnapshots;
 
 use std::sync::Arc;
@@ -133,7 +137,20 @@ impl PostgresStore {
             .map_err(|e| OpenError::Storage(error::other(e)))?;
         let mut client = connect_retrying(&pool).await?;
         schema::migrate(&mut client).await?;
-        let (sender, head) = watch::channel(None);
+        // The head as of now, so that `head()` is right from the first call (a projection
+        // resuming from its checkpoint compares it with the head).
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT max(position) FROM strata_events WHERE position < {}",
+                    head::SAFE_BOUND_SQL
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| OpenError::Storage(backend(e)))?;
+        let initial: Option<i64> = row.get(0);
+        let (sender, head) = watch::channel(initial.map(|p| Position(p as u64)));
         let (appended, appends) = watch::channel(0u64);
         tokio::spawn(head::watch_head(url.to_owned(), sender, appends.clone()));
         tokio::spawn(head::notify_others(url.to_owned(), appends));
@@ -155,6 +172,16 @@ impl PostgresStore {
     /// A snapshot store in the same database, shared by every node.
     pub fn snapshots(&self) -> PostgresSnapshots {
         PostgresSnapshots::new(self.pool.clone())
+    }
+
+    /// Leases in the same database, shared by every node: see [`strata::lease`].
+    pub fn leases(&self) -> PostgresLeases {
+        PostgresLeases::new(self.pool.clone())
+    }
+
+    /// A projection sink in the same database, shared by every node.
+    pub fn sink(&self) -> PostgresSink {
+        PostgresSink::new(self.pool.clone())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {

@@ -161,6 +161,25 @@ const MIGRATIONS: &[&str] = &[
         RETURN v_out;
      END
      $fn$;",
+    // 4: leases (work spread over nodes) and the documents and checkpoints of
+    // `PostgresSink`. Expiry is the database's clock (`clock_timestamp()`), so nodes'
+    // clocks need not agree. A lease row is never deleted: its epoch must keep growing.
+    "CREATE TABLE strata_leases (
+        name text PRIMARY KEY,
+        holder text NOT NULL,
+        epoch bigint NOT NULL,
+        expires_at timestamptz NOT NULL
+     );
+     CREATE TABLE strata_projection_documents (
+        projection text NOT NULL,
+        key text NOT NULL,
+        value jsonb NOT NULL,
+        PRIMARY KEY (projection, key)
+     );
+     CREATE TABLE strata_projection_checkpoints (
+        projection text PRIMARY KEY,
+        position bigint NOT NULL
+     );",
 ];
 
 /// Brings the schema to the newest version.

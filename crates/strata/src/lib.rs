@@ -25,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod filter;
+pub mod lease;
 pub mod limits;
 pub mod metadata;
 pub mod model;

@@ -103,6 +103,18 @@ pub enum SinkError {
         /// Why.
         reason: String,
     },
+    /// The sink is fenced by a lease this node no longer holds (it expired, or another
+    /// node took it over): nothing was written. The node must stop writing; the lease's
+    /// new holder carries on from the checkpoint.
+    #[error("lease {lease:?} is no longer held by {holder:?} in epoch {epoch}: write refused")]
+    Fenced {
+        /// The lease's name.
+        lease: String,
+        /// The holder the sink writes for.
+        holder: String,
+        /// The epoch the sink writes for.
+        epoch: u64,
+    },
 }
 
 impl SinkError {

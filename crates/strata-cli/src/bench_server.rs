@@ -1,16 +1,24 @@
-//! The server's figures in `strata bench`: single-event appends through gRPC with 1 and
-//! 64 concurrent clients (each its own connection) and the delivery rate of a `$all`
-//! subscription, each next to the embedded library measured in the same run on the same
-//! disk. The server runs in this process on loopback, so client and server share the
-//! machine's cores, as they do on a one-box deployment.
+//! The server's figures in `strata bench`: single-event appends through gRPC and through
+//! HTTP with 1 and 64 concurrent clients (each its own keep-alive connection), and the
+//! delivery rate of `$all` as a gRPC subscription and as an HTTP NDJSON live stream, each
+//! next to the embedded library measured in the same run on the same disk. The server
+//! runs in this process on loopback, so client and server share the machine's cores, as
+//! they do on a one-box deployment.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use strata::{EventData, ExpectedRevision, Store, SubscribeFrom, SubscriptionMessage};
 use strata_server::proto::event_store::client::streams::streams_client::StreamsClient;
 use strata_server::proto::event_store::client::streams::{
@@ -20,9 +28,22 @@ use strata_server::proto::event_store::client::{
     uuid as wire_uuid, Empty, StreamIdentifier, Uuid as WireUuid,
 };
 use strata_server::{Server, ServerOptions};
+use tonic::transport::Channel;
 
-use crate::bench::{append_load, bench_error, figure, median_by, percentile, Figure, Report};
+use crate::bench::{
+    append_load, bench_error, figure, median_by, percentile, AppendRun, Figure, Report,
+};
 use crate::error::CliError;
+
+/// Size of each appended event's data, as in the embedded figures.
+const EVENT_DATA_BYTES: usize = 100;
+
+/// What one timed append load through the server achieved.
+struct Throughput {
+    events_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
 
 /// Runs the server measurements in `root`.
 pub async fn run(
@@ -33,15 +54,19 @@ pub async fn run(
     report: &mut Report,
 ) -> Result<(), CliError> {
     let store = Store::open(root.join("server"))?;
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let options = ServerOptions {
-        grpc: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        http: None,
+        grpc: Some(loopback),
+        http: Some(loopback),
         ..ServerOptions::default()
     };
     let server = Server::bind(store.clone(), options).await?;
-    let addr = server
+    let grpc_addr = server
         .grpc_addr()
         .ok_or_else(|| bench_error("no gRPC address"))?;
+    let http_addr = server
+        .http_addr()
+        .ok_or_else(|| bench_error("no HTTP address"))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(server.run_until(async {
         let _ = stopped.await;
@@ -49,23 +74,23 @@ pub async fn run(
 
     for clients in [1usize, 64] {
         let mut grpc_runs = Vec::new();
+        let mut http_runs = Vec::new();
         let mut local_runs = Vec::new();
         for _ in 0..repeat {
-            grpc_runs.push(grpc_appends(addr, clients, timed).await?);
-            local_runs.push(append_load(&store, clients, 1, 100, timed).await?);
+            grpc_runs.push(grpc_appends(grpc_addr, clients, timed).await?);
+            http_runs.push(http_appends(http_addr, clients, timed).await?);
+            local_runs.push(append_load(&store, clients, 1, EVENT_DATA_BYTES, timed).await?);
         }
-        let grpc = median_by(grpc_runs, |r| r.0);
         let local = median_by(local_runs, |r| r.events_per_s);
-        report.add(Figure {
-            ratio: Some(("embedded".into(), grpc.0 / local.events_per_s)),
-            p50_us: Some(grpc.1),
-            p99_us: Some(grpc.2),
-            ..figure(
-                format!("gRPC Append, 1 event of 100 B, {clients} clients"),
-                grpc.0,
-                "ev/s",
-            )
-        });
+        let grpc = median_by(grpc_runs, |r| r.events_per_s);
+        let http = median_by(http_runs, |r| r.events_per_s);
+        report.add(append_figure("gRPC Append", clients, &grpc, &local));
+        report.add(append_figure(
+            "HTTP POST /streams/{s}",
+            clients,
+            &http,
+            &local,
+        ));
         report.add(Figure {
             p50_us: Some(local.p50_us),
             p99_us: Some(local.p99_us),
@@ -77,26 +102,29 @@ pub async fn run(
         });
     }
 
-    // Subscription delivery: catch up over a prefilled log, through gRPC and in-process.
+    // Delivery: catch up over a prefilled log, through gRPC, HTTP and in-process.
     let events: u64 = if quick { 50_000 } else { 500_000 };
     fill(&store, events).await?;
     let total = store.stats().await?.events;
     let mut grpc_rates = Vec::new();
+    let mut http_rates = Vec::new();
     let mut local_rates = Vec::new();
     for _ in 0..repeat {
-        grpc_rates.push(grpc_subscription_rate(addr, total).await?);
+        grpc_rates.push(grpc_subscription_rate(grpc_addr, total).await?);
+        http_rates.push(http_live_rate(http_addr, total).await?);
         local_rates.push(local_subscription_rate(&store, total).await?);
     }
-    let grpc = median_by(grpc_rates, |r| *r);
     let local = median_by(local_rates, |r| *r);
-    report.add(Figure {
-        ratio: Some(("embedded".into(), grpc / local)),
-        ..figure(
-            format!("gRPC $all subscription delivery ({total} events)"),
-            grpc,
-            "ev/s",
-        )
-    });
+    for (name, rates) in [
+        ("gRPC $all subscription delivery", grpc_rates),
+        ("HTTP $all live stream delivery, NDJSON", http_rates),
+    ] {
+        let rate = median_by(rates, |r| *r);
+        report.add(Figure {
+            ratio: Some(("embedded".into(), rate / local)),
+            ..figure(format!("{name} ({total} events)"), rate, "ev/s")
+        });
+    }
     report.add(figure(
         format!("embedded $all subscription delivery ({total} events, same run)"),
         local,
@@ -108,6 +136,70 @@ pub async fn run(
     Ok(())
 }
 
+/// The figure of appends through the server, as a ratio to the embedded run.
+fn append_figure(api: &str, clients: usize, run: &Throughput, local: &AppendRun) -> Figure {
+    Figure {
+        ratio: Some(("embedded".into(), run.events_per_s / local.events_per_s)),
+        p50_us: Some(run.p50_us),
+        p99_us: Some(run.p99_us),
+        ..figure(
+            format!("{api}, 1 event of 100 B, {clients} clients"),
+            run.events_per_s,
+            "ev/s",
+        )
+    }
+}
+
+/// Each client calls `append` (one event per call, the client passed by value and given
+/// back) until `timed` has passed; counts the calls and their latencies. The clients are
+/// connected before the clock starts.
+async fn timed_appends<C, F, Fut>(
+    clients: Vec<C>,
+    timed: Duration,
+    append: F,
+) -> Result<Throughput, CliError>
+where
+    C: Send + 'static,
+    F: Fn(C) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<C, CliError>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let stop = stop.clone();
+            let append = append.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    client = append(client).await?;
+                    latencies.push(t.elapsed().as_micros() as u32);
+                }
+                Ok::<_, CliError>(latencies)
+            })
+        })
+        .collect();
+    tokio::time::sleep(timed).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.map_err(bench_error)??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    Ok(Throughput {
+        events_per_s: latencies.len() as f64 / elapsed,
+        p50_us: percentile(&latencies, 0.5),
+        p99_us: percentile(&latencies, 0.99),
+    })
+}
+
+/// A fresh stream name for one benchmark client.
+fn bench_stream(api: &str, client: usize) -> String {
+    format!("{api}-bench-{client}-{}", uuid::Uuid::new_v4().simple())
+}
 fn append_request(stream: &str) -> Vec<AppendReq> {
     let options = AppendReq {
         content: Some(append_req::Content::Options(append_req::Options {
@@ -130,53 +222,114 @@ fn append_request(stream: &str) -> Vec<AppendReq> {
                     ("content-type".to_owned(), "application/json".to_owned()),
                 ]),
                 custom_metadata: Vec::new(),
-                data: vec![b'7'; 100],
+                data: vec![b'7'; EVENT_DATA_BYTES],
             },
         )),
     };
     vec![options, event]
 }
 
-/// `clients` connections append one event per call for `timed`: (events/s, p50 µs, p99 µs).
+/// `clients` gRPC connections append one event per call for `timed`.
 async fn grpc_appends(
     addr: SocketAddr,
     clients: usize,
     timed: Duration,
-) -> Result<(f64, f64, f64), CliError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
+) -> Result<Throughput, CliError> {
+    let mut connected = Vec::new();
     for c in 0..clients {
-        let mut client = StreamsClient::connect(format!("http://{addr}"))
+        let client = StreamsClient::connect(format!("http://{addr}"))
             .await
             .map_err(bench_error)?;
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let stream = format!("grpc-bench-{c}-{}", uuid::Uuid::new_v4().simple());
-            let mut latencies = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                client
-                    .append(tokio_stream::iter(append_request(&stream)))
-                    .await?;
-                latencies.push(t.elapsed().as_micros() as u32);
-            }
-            Ok::<_, tonic::Status>(latencies)
-        }));
+        connected.push((client, bench_stream("grpc", c)));
     }
-    tokio::time::sleep(timed).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.map_err(bench_error)?.map_err(bench_error)?);
+    timed_appends(
+        connected,
+        timed,
+        |(mut client, stream): (StreamsClient<Channel>, String)| async move {
+            client
+                .append(tokio_stream::iter(append_request(&stream)))
+                .await
+                .map_err(bench_error)?;
+            Ok((client, stream))
+        },
+    )
+    .await
+}
+
+/// An HTTP/1.1 client that keeps one connection open (its requests are sequential).
+fn http_client() -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build(connector)
+}
+
+/// Sends `request` and reads the whole answer, which must be 200.
+async fn http_call(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<Bytes, CliError> {
+    let response = client.request(request).await.map_err(bench_error)?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(bench_error)?
+        .to_bytes();
+    if status != StatusCode::OK {
+        return Err(bench_error(format!(
+            "the server answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        )));
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    Ok((
-        latencies.len() as f64 / elapsed,
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
+    Ok(body)
+}
+
+/// One event as the HTTP API takes it: a fresh id (as the gRPC client sends) and 100 B of
+/// JSON data.
+fn http_append_body() -> Bytes {
+    let data = "7".repeat(EVENT_DATA_BYTES - 2);
+    Bytes::from(format!(
+        r#"{{"id":"{}","type":"BenchEvent","data":"{data}"}}"#,
+        uuid::Uuid::new_v4()
     ))
+}
+
+/// `clients` HTTP keep-alive connections append one event per `POST` for `timed`.
+async fn http_appends(
+    addr: SocketAddr,
+    clients: usize,
+    timed: Duration,
+) -> Result<Throughput, CliError> {
+    let mut connected = Vec::new();
+    for c in 0..clients {
+        let client = http_client();
+        // Opens the connection before the clock starts.
+        let health = Request::get(format!("http://{addr}/health"))
+            .body(Full::default())
+            .map_err(bench_error)?;
+        http_call(&client, health).await?;
+        let uri = format!(
+            "http://{addr}/streams/{}?expected_revision=any",
+            bench_stream("http", c)
+        );
+        connected.push((client, uri));
+    }
+    timed_appends(
+        connected,
+        timed,
+        |(client, uri): (Client<HttpConnector, Full<Bytes>>, String)| async move {
+            let request = Request::post(uri.as_str())
+                .header("content-type", "application/json")
+                .body(Full::new(http_append_body()))
+                .map_err(bench_error)?;
+            http_call(&client, request).await?;
+            Ok((client, uri))
+        },
+    )
+    .await
 }
 
 async fn fill(store: &Store, events: u64) -> Result<(), CliError> {
@@ -247,6 +400,50 @@ async fn local_subscription_rate(store: &Store, total: u64) -> Result<f64, CliEr
         if let SubscriptionMessage::Event(_) = subscription.next().await? {
             seen += 1;
         }
+    }
+    Ok(seen as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Reads `$all` from the start as an NDJSON live stream until `total` events have come.
+/// Event lines are counted, not decoded: the measurement is of the server.
+async fn http_live_rate(addr: SocketAddr, total: u64) -> Result<f64, CliError> {
+    const EVENT_LINE: &[u8] = b"{\"event\":";
+    let client = http_client();
+    let request = Request::get(format!("http://{addr}/streams/%24all/live?from=start"))
+        .header("accept", "application/x-ndjson")
+        .body(Full::default())
+        .map_err(bench_error)?;
+    let start = Instant::now();
+    let response = client.request(request).await.map_err(bench_error)?;
+    if response.status() != StatusCode::OK {
+        return Err(bench_error(format!(
+            "the live stream answered {}",
+            response.status()
+        )));
+    }
+    let mut body = response.into_body();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut seen = 0u64;
+    while seen < total {
+        let frame = match body.frame().await {
+            Some(frame) => frame.map_err(bench_error)?,
+            None => return Err(bench_error("the live stream ended early")),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buffer.extend_from_slice(&data);
+        let mut consumed = 0;
+        while let Some(end) = buffer[consumed..].iter().position(|b| *b == b'\n') {
+            let line = &buffer[consumed..consumed + end];
+            if line.starts_with(EVENT_LINE) {
+                seen += 1;
+            } else if line.starts_with(b"{\"error\":") {
+                return Err(bench_error(String::from_utf8_lossy(line)));
+            }
+            consumed += end + 1;
+        }
+        buffer.drain(..consumed);
     }
     Ok(seen as f64 / start.elapsed().as_secs_f64())
 }

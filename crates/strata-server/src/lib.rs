@@ -32,5 +32,5 @@ pub mod slots;
 pub mod state;
 
 pub use error::ServerError;
-pub use options::ServerOptions;
+pub use options::{NodeLeases, ServerOptions};
 pub use server::Server;

@@ -1,7 +1,11 @@
-//! What `strata serve` can be told: addresses and resource limits.
+//! What `strata serve` can be told: addresses, resource limits, and the leases that
+//! spread persistent subscriptions over the nodes sharing one database.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
+
+use strata::lease::Leases;
 
 /// The default gRPC address (KurrentDB's port).
 pub const DEFAULT_GRPC_ADDR: SocketAddr =
@@ -31,6 +35,42 @@ pub struct ServerOptions {
     pub max_wait_for_position: Duration,
     /// Longest shutdown waits for in-flight requests before giving up on them.
     pub shutdown_grace: Duration,
+    /// With several nodes on one database: the leases that let each persistent
+    /// subscription group run on one node at a time (`None`: every group runs here).
+    pub leases: Option<NodeLeases>,
+}
+
+/// How a node shares persistent subscriptions with the other nodes of its database.
+#[derive(Clone)]
+pub struct NodeLeases {
+    /// The lease store all nodes share (`strata_postgres::PostgresStore::leases`).
+    pub leases: Arc<dyn Leases>,
+    /// This node's gRPC address as clients reach it (`host:port`), where other nodes
+    /// send clients of the groups it runs; `None`: the bound gRPC address.
+    pub advertise: Option<String>,
+    /// How long a group's lease lasts after each renewal: a dead node's groups move
+    /// after about this long.
+    pub ttl: Duration,
+}
+
+impl NodeLeases {
+    /// Leases from `leases`, advertising the bound gRPC address, with the default TTL.
+    pub fn new(leases: Arc<dyn Leases>) -> NodeLeases {
+        NodeLeases {
+            leases,
+            advertise: None,
+            ttl: crate::persistent::GROUP_LEASE_TTL_DEFAULT,
+        }
+    }
+}
+
+impl std::fmt::Debug for NodeLeases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeLeases")
+            .field("advertise", &self.advertise)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ServerOptions {
@@ -43,6 +83,7 @@ impl Default for ServerOptions {
             max_subscriptions_per_connection: 128,
             max_wait_for_position: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            leases: None,
         }
     }
 }

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::options::ServerOptions;
-use crate::persistent::Registry;
+use crate::persistent::{GroupLeases, Registry};
 use crate::slots::SubscriptionSlots;
 
 /// The state shared by the gRPC and HTTP handlers. Cheap to clone.
@@ -30,8 +30,23 @@ pub struct ServerState {
 impl ServerState {
     /// State for a server over `store`; `shutdown` turns `true` when the server stops.
     pub fn new(store: Store, options: ServerOptions, shutdown: watch::Receiver<bool>) -> Self {
+        // The holder name is the address other nodes send clients to; a node without
+        // gRPC still needs a unique one so that it runs groups only under their lease.
+        let leases = options.leases.as_ref().map(|node| GroupLeases {
+            leases: node.leases.clone(),
+            holder: node
+                .advertise
+                .clone()
+                .or_else(|| options.grpc.map(|addr| addr.to_string()))
+                .unwrap_or_else(|| format!("node-{}", uuid::Uuid::new_v4())),
+            ttl: node.ttl,
+        });
         ServerState {
-            persistent: Arc::new(Registry::new(store.clone(), shutdown.clone())),
+            persistent: Arc::new(Registry::with_leases(
+                store.clone(),
+                shutdown.clone(),
+                leases,
+            )),
             store,
             options: Arc::new(options),
             metrics: Arc::new(Metrics::new()),

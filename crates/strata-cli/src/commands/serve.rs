@@ -1,10 +1,17 @@
 //! `strata serve`: the network server (KurrentDB-compatible gRPC and HTTP/JSON) over the
 //! embedded store in `--data` or over PostgreSQL with `--postgres`.
+//!
+//! Several nodes may serve one PostgreSQL database: each persistent subscription group
+//! then runs on one node at a time, the holder of its lease in the database, and the
+//! other nodes send its consumers there.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use clap::Args;
-use strata_server::{Server, ServerOptions};
+use strata::Store;
+use strata_postgres::{PostgresOptions, PostgresStore};
+use strata_server::{NodeLeases, Server, ServerOptions};
 
 use crate::commands::{open_store, Target};
 use crate::error::CliError;
@@ -24,15 +31,31 @@ pub struct ServeArgs {
     /// Serve only HTTP.
     #[arg(long)]
     pub no_grpc: bool,
+    /// The gRPC address (`host:port`) other nodes of the same PostgreSQL database send
+    /// persistent-subscription clients to (default: `--grpc`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
 }
 
 /// Runs `strata serve` until SIGTERM or SIGINT, then shuts down gracefully (stops
 /// accepting, finishes in-flight appends, syncs and closes the store) and exits 0.
 pub async fn run(target: &Target, args: ServeArgs) -> Result<(), CliError> {
-    let store = open_store(target, true).await?;
+    let (store, leases) = match &target.postgres {
+        // Nodes sharing the database share persistent subscriptions through its leases.
+        Some(url) => {
+            let postgres = PostgresStore::connect(url, PostgresOptions::default()).await?;
+            let leases = NodeLeases {
+                advertise: args.advertise.clone(),
+                ..NodeLeases::new(Arc::new(postgres.leases()))
+            };
+            (Store::from_backend(Arc::new(postgres)), Some(leases))
+        }
+        None => (open_store(target, true).await?, None),
+    };
     let options = ServerOptions {
         grpc: (!args.no_grpc).then_some(args.grpc),
         http: (!args.no_http).then_some(args.http),
+        leases,
         ..ServerOptions::default()
     };
     let server = Server::bind(store, options).await?;

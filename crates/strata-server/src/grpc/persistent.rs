@@ -90,6 +90,15 @@ pub fn status(error: &PersistentError) -> Status {
                 ("group-name", group),
             ],
         ),
+        PersistentError::NotLeader { host, port } => with_trailers(
+            Status::not_found(message),
+            &[
+                ("exception", "not-leader"),
+                ("leader-endpoint-host", host),
+                ("leader-endpoint-port", &port.to_string()),
+            ],
+        ),
+        PersistentError::Lease(_) => Status::unavailable(message),
         PersistentError::InvalidSettings(_) => Status::invalid_argument(message),
         PersistentError::Read(error) => convert::read_error(error),
         PersistentError::Append(error) => convert::append_error("PersistentSubscription", error),

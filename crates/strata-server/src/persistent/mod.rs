@@ -8,16 +8,20 @@
 //! - [`group`]: one task per group owning its in-flight events, retries, parking and
 //!   consumers.
 //! - [`registry`]: every group of the server, by source and name; what the APIs call.
+//! - [`lease`]: with several nodes on one database, a group runs only on the node
+//!   holding its lease.
 //!
 //! Delivery is at least once: the checkpoint only moves past events that are finished
 //! (acked, skipped or parked), so after a restart the group resumes after the
 //! checkpoint and may redeliver events finished after it, but never loses one.
 
 pub mod group;
+pub mod lease;
 pub mod registry;
 pub mod settings;
 pub mod storage;
 
+pub use lease::{GroupLeases, GROUP_LEASE_TTL_DEFAULT};
 pub use registry::{Consumer, ConsumerMessage, Registry};
 pub use settings::{
     ConsumerStrategy, FilterOn, FilterSpec, GroupConfig, Settings, Source, StartFrom,
@@ -60,6 +64,19 @@ pub enum PersistentError {
         /// The group.
         group: String,
     },
+    /// Another node runs the group (holds its lease): the client should go there.
+    /// KurrentDB's message, which clients recognise.
+    #[error("Leader info available")]
+    NotLeader {
+        /// The host of the node holding the group's lease.
+        host: String,
+        /// Its gRPC port.
+        port: u16,
+    },
+    /// The lease store (shared by the nodes) failed: which node runs the group is
+    /// unknown for now.
+    #[error(transparent)]
+    Lease(#[from] strata::lease::LeaseError),
     /// A setting or name is out of range.
     #[error("invalid persistent subscription settings: {0}")]
     InvalidSettings(String),

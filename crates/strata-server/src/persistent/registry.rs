@@ -4,8 +4,15 @@
 //! its own task ([`super::group`]).
 //!
 //! Groups are loaded from the store on first use, so a restarted server resumes every
-//! group from its checkpoint as soon as a client talks to it. One server runs a group;
-//! spreading groups over several nodes of a PostgreSQL cluster (leases) is future work.
+//! group from its checkpoint as soon as a client talks to it.
+//!
+//! With [`GroupLeases`] (several nodes on one PostgreSQL database) a group runs only on
+//! the node holding its lease ([`super::lease`]): it starts where a consumer first asks
+//! for it, and other nodes answer such requests with [`PersistentError::NotLeader`].
+//! Every call then re-reads the config from the store first, so groups created,
+//! changed or deleted through another node are seen at once. `GetInfo` and `List`
+//! answer on every node; live statistics (consumers, counts) come only from the node
+//! running the group, other nodes show the config, checkpoint and parked count.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,22 +24,31 @@ use uuid::Uuid;
 
 use super::group::{self, Command, ConsumerId};
 pub use super::group::{ConnectionInfo, ConsumerMessage, GroupInfo, NackAction};
+use super::lease::{endpoint, lease_name, GroupLeases, Term};
 use super::settings::{GroupConfig, Source, StartFrom, CONSUMER_BUFFER_MAX};
 use super::storage;
 use super::PersistentError;
 
 type Key = (String, String);
 
+/// A group running in this process.
 struct Running {
-    config: GroupConfig,
     commands: mpsc::UnboundedSender<Command>,
+    /// The group's task, or under a lease the term's task, which owns the group's.
     task: JoinHandle<()>,
+}
+
+/// A group this node knows of, running here or not (under leases: elsewhere, or
+/// nowhere until a consumer asks).
+struct Entry {
+    config: GroupConfig,
+    running: Option<Running>,
 }
 
 struct Groups {
     loaded: bool,
     revision: CurrentRevision,
-    running: BTreeMap<Key, Running>,
+    entries: BTreeMap<Key, Entry>,
 }
 
 /// The server's subscription groups. Cheap to share behind an `Arc`.
@@ -41,6 +57,7 @@ pub struct Registry {
     shutdown: watch::Receiver<bool>,
     groups: Mutex<Groups>,
     next_consumer: AtomicU64,
+    leases: Option<GroupLeases>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -61,30 +78,46 @@ fn not_found(source: &str, group: &str) -> PersistentError {
 }
 
 impl Registry {
-    /// A registry over `store`; its groups stop when `shutdown` turns true.
+    /// A registry over `store` running every group in this process; its groups stop
+    /// when `shutdown` turns true.
     pub fn new(store: Store, shutdown: watch::Receiver<bool>) -> Registry {
+        Registry::with_leases(store, shutdown, None)
+    }
+
+    /// A registry that, given `leases`, runs each group only while this node holds the
+    /// group's lease (several nodes on one database); without, like [`Registry::new`].
+    pub fn with_leases(
+        store: Store,
+        shutdown: watch::Receiver<bool>,
+        leases: Option<GroupLeases>,
+    ) -> Registry {
         Registry {
             store,
             shutdown,
             groups: Mutex::new(Groups {
                 loaded: false,
                 revision: CurrentRevision::NoStream,
-                running: BTreeMap::new(),
+                entries: BTreeMap::new(),
             }),
             next_consumer: AtomicU64::new(1),
+            leases,
         }
     }
 
+    /// The groups, loaded on first use; under leases re-read on every call, since other
+    /// nodes change them too.
     async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, Groups>, PersistentError> {
         let mut groups = self.groups.lock().await;
-        if !groups.loaded {
+        if self.leases.is_some() {
+            self.refresh(&mut groups).await?;
+        } else if !groups.loaded {
             let stored = storage::load_config(&self.store).await?;
             groups.revision = stored.revision;
             for config in stored.groups {
-                let running = self.start(config);
-                groups.running.insert(
-                    key(running.config.source.name(), &running.config.group),
-                    running,
+                let running = Some(self.start(config.clone()));
+                groups.entries.insert(
+                    key(config.source.name(), &config.group),
+                    Entry { config, running },
                 );
             }
             groups.loaded = true;
@@ -92,19 +125,138 @@ impl Registry {
         Ok(groups)
     }
 
+    /// Makes the known groups the stored ones: a group deleted or changed through
+    /// another node stops here if it runs here (a changed one starts again with its new
+    /// config when a consumer asks).
+    async fn refresh(&self, groups: &mut Groups) -> Result<(), PersistentError> {
+        let stored = storage::load_config(&self.store).await?;
+        groups.revision = stored.revision;
+        let mut old = std::mem::take(&mut groups.entries);
+        let mut to_stop = Vec::new();
+        for config in stored.groups {
+            let name = key(config.source.name(), &config.group);
+            let mut running = None;
+            if let Some(entry) = old.remove(&name) {
+                match entry.running {
+                    Some(live) if entry.config == config && !live.task.is_finished() => {
+                        running = Some(live);
+                    }
+                    Some(live) => to_stop.push(live),
+                    None => {}
+                }
+            }
+            groups.entries.insert(name, Entry { config, running });
+        }
+        to_stop.extend(old.into_values().filter_map(|entry| entry.running));
+        groups.loaded = true;
+        // The map is whole before waiting: a caller dropped meanwhile leaves it right
+        // (and a dropped `Running` still stops its group: the term holds no sender).
+        for live in to_stop {
+            stop(live).await;
+        }
+        Ok(())
+    }
+
     fn start(&self, config: GroupConfig) -> Running {
         let (commands, rx) = mpsc::unbounded_channel();
+        let task = group::spawn(config, self.store.clone(), rx, self.shutdown.clone());
+        Running { commands, task }
+    }
+
+    /// The commands of `name`'s running group. Under leases a group not running here
+    /// is started if this node gets its lease, else the answer names the holder.
+    async fn running(
+        &self,
+        groups: &mut Groups,
+        source: &str,
+        group: &str,
+    ) -> Result<mpsc::UnboundedSender<Command>, PersistentError> {
+        let entry = groups
+            .entries
+            .get_mut(&key(source, group))
+            .ok_or_else(|| not_found(source, group))?;
+        let Some(leases) = &self.leases else {
+            // Every group runs from load to delete; a failed one answers `Dropped`.
+            return entry
+                .running
+                .as_ref()
+                .map(|running| running.commands.clone())
+                .ok_or_else(|| dropped(source, group));
+        };
+        if let Some(running) = &entry.running {
+            if !running.task.is_finished() {
+                return Ok(running.commands.clone());
+            }
+        }
+        entry.running = None;
+        let name = lease_name(source, group);
+        let Some(lease) = leases
+            .leases
+            .acquire(&name, &leases.holder, leases.ttl)
+            .await?
+        else {
+            return Err(self.not_leader(leases, &name, source, group).await?);
+        };
+        let (commands, rx) = mpsc::unbounded_channel();
         let task = group::spawn(
-            config.clone(),
+            entry.config.clone(),
             self.store.clone(),
             rx,
             self.shutdown.clone(),
         );
-        Running {
-            config,
-            commands,
+        let term = Term {
+            leases: leases.clone(),
+            lease,
+            store: self.store.clone(),
+            config: entry.config.clone(),
+            commands: commands.downgrade(),
+        };
+        let task = tokio::spawn(term.hold(task));
+        entry.running = Some(Running {
+            commands: commands.clone(),
             task,
+        });
+        Ok(commands)
+    }
+
+    /// Where to send a client for a group whose lease another node holds.
+    async fn not_leader(
+        &self,
+        leases: &GroupLeases,
+        name: &str,
+        source: &str,
+        group: &str,
+    ) -> Result<PersistentError, PersistentError> {
+        match leases.leases.current(name).await? {
+            Some(info) => {
+                let (host, port) = endpoint(&info.holder);
+                Ok(PersistentError::NotLeader { host, port })
+            }
+            // Released between the two calls: the client's retry will find it free.
+            None => Ok(dropped(source, group)),
         }
+    }
+
+    /// The state of a group not running here, from the store: no consumers or counts.
+    async fn stored_info(&self, config: &GroupConfig) -> Result<GroupInfo, PersistentError> {
+        let checkpoint =
+            storage::load_checkpoint(&self.store, &config.source, &config.group).await?;
+        let parked = storage::load_parked(&self.store, &config.source, &config.group)
+            .await?
+            .len() as u64;
+        Ok(GroupInfo {
+            config: config.clone(),
+            live: false,
+            connections: Vec::new(),
+            total_items: 0,
+            last_checkpoint: checkpoint,
+            last_known: checkpoint,
+            buffered: 0,
+            retry_buffered: 0,
+            in_flight: 0,
+            outstanding: 0,
+            parked,
+        })
     }
 
     /// The last point of `source` now (revision or position), to start an `End`
@@ -137,7 +289,7 @@ impl Registry {
         config.validate()?;
         let mut groups = self.loaded().await?;
         let name = key(config.source.name(), &config.group);
-        if groups.running.contains_key(&name) {
+        if groups.entries.contains_key(&name) {
             return Err(PersistentError::Exists {
                 stream: name.0,
                 group: name.1,
@@ -150,11 +302,12 @@ impl Registry {
         };
         storage::save_checkpoint(&self.store, &config.source, &config.group, checkpoint).await?;
         storage::mark_replayed(&self.store, &config.source, &config.group, None).await?;
-        let mut all: Vec<GroupConfig> = groups.running.values().map(|r| r.config.clone()).collect();
+        let mut all: Vec<GroupConfig> = groups.entries.values().map(|e| e.config.clone()).collect();
         all.push(config.clone());
         groups.revision = storage::save_config(&self.store, &all, groups.revision).await?;
-        let running = self.start(config);
-        groups.running.insert(name, running);
+        // Under leases it starts where a consumer first asks for it.
+        let running = self.leases.is_none().then(|| self.start(config.clone()));
+        groups.entries.insert(name, Entry { config, running });
         Ok(())
     }
 
@@ -163,7 +316,7 @@ impl Registry {
     pub async fn update(&self, mut config: GroupConfig) -> Result<(), PersistentError> {
         let mut groups = self.loaded().await?;
         let name = key(config.source.name(), &config.group);
-        let Some(old) = groups.running.get(&name) else {
+        let Some(old) = groups.entries.get(&name) else {
             return Err(not_found(&name.0, &name.1));
         };
         if let (Source::All(filter), Source::All(None)) = (&old.config.source, &config.source) {
@@ -179,22 +332,23 @@ impl Registry {
             storage::save_checkpoint(&self.store, &config.source, &config.group, end).await?;
         }
         let all: Vec<GroupConfig> = groups
-            .running
+            .entries
             .iter()
-            .map(|(k, r)| {
+            .map(|(k, e)| {
                 if *k == name {
                     config.clone()
                 } else {
-                    r.config.clone()
+                    e.config.clone()
                 }
             })
             .collect();
         groups.revision = storage::save_config(&self.store, &all, groups.revision).await?;
-        if let Some(old) = groups.running.remove(&name) {
-            stop(old).await;
+        if let Some(live) = groups.entries.remove(&name).and_then(|e| e.running) {
+            stop(live).await;
         }
-        let running = self.start(config);
-        groups.running.insert(name, running);
+        // Under leases the stop released the lease; the next consumer starts it anywhere.
+        let running = self.leases.is_none().then(|| self.start(config.clone()));
+        groups.entries.insert(name, Entry { config, running });
         Ok(())
     }
 
@@ -202,68 +356,71 @@ impl Registry {
     pub async fn delete(&self, source: &str, group: &str) -> Result<(), PersistentError> {
         let mut groups = self.loaded().await?;
         let name = key(source, group);
-        if !groups.running.contains_key(&name) {
+        if !groups.entries.contains_key(&name) {
             return Err(not_found(source, group));
         }
         let all: Vec<GroupConfig> = groups
-            .running
+            .entries
             .iter()
             .filter(|(k, _)| **k != name)
-            .map(|(_, r)| r.config.clone())
+            .map(|(_, e)| e.config.clone())
             .collect();
         groups.revision = storage::save_config(&self.store, &all, groups.revision).await?;
-        if let Some(old) = groups.running.remove(&name) {
-            stop(old).await;
+        // A holder on another node stops it after its next renewal (config re-read).
+        if let Some(live) = groups.entries.remove(&name).and_then(|e| e.running) {
+            stop(live).await;
         }
         Ok(())
     }
 
-    async fn ask<T>(
-        &self,
-        source: &str,
-        group: &str,
-        command: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, PersistentError> {
+    /// A group's state: live from its task where it runs; under leases, on a node
+    /// where it does not run, its config, stored checkpoint and parked count.
+    pub async fn info(&self, source: &str, group: &str) -> Result<GroupInfo, PersistentError> {
         let groups = self.loaded().await?;
-        let running = groups
-            .running
+        let entry = groups
+            .entries
             .get(&key(source, group))
             .ok_or_else(|| not_found(source, group))?;
         let (reply, answer) = oneshot::channel();
-        running
-            .commands
-            .send(command(reply))
-            .map_err(|_| dropped(source, group))?;
+        match live_commands(entry, self.leases.is_some()) {
+            Some(commands) => commands
+                .send(Command::Info { reply })
+                .map_err(|_| dropped(source, group))?,
+            None => return self.stored_info(&entry.config).await,
+        }
         drop(groups);
         answer.await.map_err(|_| dropped(source, group))
-    }
-
-    /// A group's state.
-    pub async fn info(&self, source: &str, group: &str) -> Result<GroupInfo, PersistentError> {
-        self.ask(source, group, |reply| Command::Info { reply })
-            .await
     }
 
     /// The state of every group, or of the groups of one source.
     pub async fn list(&self, source: Option<&str>) -> Result<Vec<GroupInfo>, PersistentError> {
         let groups = self.loaded().await?;
         let mut answers = Vec::new();
-        for ((name, _), running) in &groups.running {
+        let mut stored = Vec::new();
+        for ((name, _), entry) in &groups.entries {
             if source.is_some_and(|source| source != name) {
                 continue;
             }
             let (reply, answer) = oneshot::channel();
-            if running.commands.send(Command::Info { reply }).is_ok() {
-                answers.push(answer);
+            match live_commands(entry, self.leases.is_some()) {
+                Some(commands) => {
+                    if commands.send(Command::Info { reply }).is_ok() {
+                        answers.push(answer);
+                    }
+                }
+                None => stored.push(entry.config.clone()),
             }
         }
         drop(groups);
-        let mut infos = Vec::with_capacity(answers.len());
+        let mut infos = Vec::with_capacity(answers.len() + stored.len());
         for answer in answers {
             // A group that stopped meanwhile is simply not listed.
             if let Ok(info) = answer.await {
                 infos.push(info);
             }
+        }
+        for config in &stored {
+            infos.push(self.stored_info(config).await?);
         }
         Ok(infos)
     }
@@ -275,11 +432,14 @@ impl Registry {
         group: &str,
         stop_at: Option<u64>,
     ) -> Result<(), PersistentError> {
-        self.ask(source, group, |reply| Command::ReplayParked {
-            stop_at,
-            reply,
-        })
-        .await?
+        let mut groups = self.loaded().await?;
+        let commands = self.running(&mut groups, source, group).await?;
+        drop(groups);
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(Command::ReplayParked { stop_at, reply })
+            .map_err(|_| dropped(source, group))?;
+        answer.await.map_err(|_| dropped(source, group))?
     }
 
     /// Connects a consumer that may hold `buffer` unacked events; `from` names the
@@ -294,12 +454,8 @@ impl Registry {
         let id = self.next_consumer.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let buffer = buffer.clamp(1, CONSUMER_BUFFER_MAX);
-        let groups = self.loaded().await?;
-        let running = groups
-            .running
-            .get(&key(source, group))
-            .ok_or_else(|| not_found(source, group))?;
-        let commands = running.commands.clone();
+        let mut groups = self.loaded().await?;
+        let commands = self.running(&mut groups, source, group).await?;
         drop(groups);
         let (reply, answer) = oneshot::channel();
         commands
@@ -325,12 +481,21 @@ impl Registry {
     /// closing the store, so no group holds it.
     pub async fn stop_all(&self) {
         let mut groups = self.groups.lock().await;
-        let running = std::mem::take(&mut groups.running);
+        let entries = std::mem::take(&mut groups.entries);
         groups.loaded = false;
-        for (_, group) in running {
-            stop(group).await;
+        for (_, entry) in entries {
+            if let Some(live) = entry.running {
+                stop(live).await;
+            }
         }
     }
+}
+
+/// Where to ask a group's live state: its task if it runs here. Without leases every
+/// group runs here (a failed one answers `Dropped`, as before).
+fn live_commands(entry: &Entry, leased: bool) -> Option<&mpsc::UnboundedSender<Command>> {
+    let running = entry.running.as_ref()?;
+    (!leased || !running.task.is_finished()).then_some(&running.commands)
 }
 
 fn dropped(source: &str, group: &str) -> PersistentError {

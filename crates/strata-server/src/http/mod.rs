@@ -2,7 +2,7 @@
 //! (SSE and NDJSON), health, Prometheus metrics and the OpenAPI document.
 //!
 //! One file per idea: [`append`], [`read`] (with the `min_position` wait), [`metadata`]
-//! (and deletes), [`live`], [`json`] (event shapes), [`params`] (query parsing),
+//! (and deletes), [`live`], [`json`](mod@json) (event shapes), [`params`] (query parsing),
 //! [`error`] (status codes and the JSON error body), [`openapi`]. Positions on this API
 //! are strata's own (0-based, as the store numbers them).
 

@@ -2,8 +2,8 @@
 //! writer, with derived in-memory indexes.
 //!
 //! Data flows one way: an append is validated by the caller's task, planned and written
-//! by the [`writer`], and only once durable does it reach the [`index`], the published
-//! head, and then the readers ([`reader`]) and subscriptions.
+//! by the `writer`, and only once durable does it reach the [`index`], the published
+//! head, and then the readers (`reader`) and subscriptions.
 
 pub mod format;
 pub mod index;

@@ -282,6 +282,18 @@ impl<A: Aggregate> Repository<A> {
             match self.store.append_multi(requests).await {
                 Ok(mut results) => {
                     let result = results.swap_remove(0);
+                    let next = loaded.revision.map_or(0, |r| r + 1);
+                    if result.first_revision != next {
+                        // The store recognised the deterministic event ids: a concurrent
+                        // caller of the same command recorded it first, after this one
+                        // looked. Its result, not this decision, is the command's.
+                        if let Some(command_id) = context.command_id {
+                            if let Some(mut first) = self.first_result(command_id).await? {
+                                first.attempts = attempt;
+                                return Ok(first);
+                            }
+                        }
+                    }
                     self.after_append(&stream, &state, &result, loaded.revision)
                         .await?;
                     return Ok(Handled {

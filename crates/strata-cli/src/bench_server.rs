@@ -46,6 +46,13 @@ struct Throughput {
     p99_us: f64,
 }
 
+/// Where the server under measurement listens.
+#[derive(Clone, Copy)]
+struct Addrs {
+    grpc: SocketAddr,
+    http: SocketAddr,
+}
+
 /// Runs the server measurements in `root`.
 pub async fn run(
     root: &Path,
@@ -62,25 +69,46 @@ pub async fn run(
         ..ServerOptions::default()
     };
     let server = Server::bind(store.clone(), options).await?;
-    let grpc_addr = server
-        .grpc_addr()
-        .ok_or_else(|| bench_error("no gRPC address"))?;
-    let http_addr = server
-        .http_addr()
-        .ok_or_else(|| bench_error("no HTTP address"))?;
+    let addrs = Addrs {
+        grpc: server
+            .grpc_addr()
+            .ok_or_else(|| bench_error("no gRPC address"))?,
+        http: server
+            .http_addr()
+            .ok_or_else(|| bench_error("no HTTP address"))?,
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(server.run_until(async {
         let _ = stopped.await;
     }));
+    let mut measured = appends(&store, addrs, repeat, timed, report).await;
+    if measured.is_ok() {
+        measured = deliveries(&store, addrs, repeat, quick, report).await;
+    }
+    // The server is stopped (and the store closed) whether or not a measurement failed.
+    let _ = stop.send(());
+    let served = running.await.map_err(bench_error)?;
+    measured?;
+    served?;
+    Ok(())
+}
 
+/// Single-event appends with 1 and 64 clients through each API and in-process.
+async fn appends(
+    store: &Store,
+    addrs: Addrs,
+    repeat: usize,
+    timed: Duration,
+    report: &mut Report,
+) -> Result<(), CliError> {
     for clients in [1usize, 64] {
         let mut grpc_runs = Vec::new();
         let mut http_runs = Vec::new();
         let mut local_runs = Vec::new();
         for _ in 0..repeat {
-            grpc_runs.push(grpc_appends(grpc_addr, clients, timed).await?);
-            http_runs.push(http_appends(http_addr, clients, timed).await?);
-            local_runs.push(append_load(&store, clients, 1, EVENT_DATA_BYTES, timed).await?);
+            grpc_runs.push(grpc_appends(addrs.grpc, clients, timed).await?);
+            http_runs.push(http_appends(addrs.http, clients, timed).await?);
+            local_runs.push(append_load(store, clients, 1, EVENT_DATA_BYTES, timed).await?);
         }
         let local = median_by(local_runs, |r| r.events_per_s);
         let grpc = median_by(grpc_runs, |r| r.events_per_s);
@@ -102,18 +130,28 @@ pub async fn run(
             )
         });
     }
+    Ok(())
+}
 
-    // Delivery: catch up over a prefilled log, through gRPC, HTTP and in-process.
+/// Delivery of `$all` from the start over a prefilled log, through gRPC, HTTP and
+/// in-process.
+async fn deliveries(
+    store: &Store,
+    addrs: Addrs,
+    repeat: usize,
+    quick: bool,
+    report: &mut Report,
+) -> Result<(), CliError> {
     let events: u64 = if quick { 50_000 } else { 500_000 };
-    fill(&store, events).await?;
+    fill(store, events).await?;
     let total = store.stats().await?.events;
     let mut grpc_rates = Vec::new();
     let mut http_rates = Vec::new();
     let mut local_rates = Vec::new();
     for _ in 0..repeat {
-        grpc_rates.push(grpc_subscription_rate(grpc_addr, total).await?);
-        http_rates.push(http_live_rate(http_addr, total).await?);
-        local_rates.push(local_subscription_rate(&store, total).await?);
+        grpc_rates.push(grpc_subscription_rate(addrs.grpc, total).await?);
+        http_rates.push(http_live_rate(addrs.http, total).await?);
+        local_rates.push(local_subscription_rate(store, total).await?);
     }
     let local = median_by(local_rates, |r| *r);
     for (name, rates) in [
@@ -131,9 +169,6 @@ pub async fn run(
         local,
         "ev/s",
     ));
-
-    let _ = stop.send(());
-    running.await.map_err(bench_error)??;
     Ok(())
 }
 

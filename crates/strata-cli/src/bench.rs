@@ -73,7 +73,8 @@ pub enum Section {
     Postgres,
     /// Projection rebuilds: serial, parallel, in-memory and durable sinks.
     Projections,
-    /// The network server: gRPC appends and subscriptions next to the embedded library.
+    /// The network server: gRPC and HTTP appends and live delivery next to the embedded
+    /// library.
     Server,
 }
 

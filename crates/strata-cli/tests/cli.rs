@@ -767,6 +767,8 @@ fn bench_runs_every_measurement_and_cleans_up() {
         "open after a crash",
         "aggregate load",
         "one hot aggregate",
+        "gRPC Append",
+        "HTTP POST",
     ] {
         assert!(printed.contains(figure), "missing {figure}: {printed}");
     }

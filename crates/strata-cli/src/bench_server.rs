@@ -5,7 +5,6 @@
 //! runs in this process on loopback, so client and server share the machine's cores, as
 //! they do on a one-box deployment.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,13 +20,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strata::{EventData, ExpectedRevision, Store, SubscribeFrom, SubscriptionMessage};
+use strata_server::grpc::requests;
 use strata_server::proto::event_store::client::streams::streams_client::StreamsClient;
-use strata_server::proto::event_store::client::streams::{
-    append_req, read_req, read_resp, AppendReq, ReadReq,
-};
-use strata_server::proto::event_store::client::{
-    uuid as wire_uuid, Empty, StreamIdentifier, Uuid as WireUuid,
-};
+use strata_server::proto::event_store::client::streams::{read_resp, AppendReq};
 use strata_server::{Server, ServerOptions};
 use tonic::transport::Channel;
 
@@ -237,32 +232,8 @@ fn bench_stream(api: &str, client: usize) -> String {
     format!("{api}-bench-{client}-{}", uuid::Uuid::new_v4().simple())
 }
 fn append_request(stream: &str) -> Vec<AppendReq> {
-    let options = AppendReq {
-        content: Some(append_req::Content::Options(append_req::Options {
-            stream_identifier: Some(StreamIdentifier {
-                stream_name: stream.as_bytes().to_vec(),
-            }),
-            expected_stream_revision: Some(append_req::options::ExpectedStreamRevision::Any(
-                Empty {},
-            )),
-        })),
-    };
-    let event = AppendReq {
-        content: Some(append_req::Content::ProposedMessage(
-            append_req::ProposedMessage {
-                id: Some(WireUuid {
-                    value: Some(wire_uuid::Value::String(uuid::Uuid::new_v4().to_string())),
-                }),
-                metadata: HashMap::from([
-                    ("type".to_owned(), "BenchEvent".to_owned()),
-                    ("content-type".to_owned(), "application/json".to_owned()),
-                ]),
-                custom_metadata: Vec::new(),
-                data: vec![b'7'; EVENT_DATA_BYTES],
-            },
-        )),
-    };
-    vec![options, event]
+    let event = EventData::binary("BenchEvent", vec![b'7'; EVENT_DATA_BYTES]);
+    requests::append(stream, ExpectedRevision::Any, &[event])
 }
 
 /// `clients` gRPC connections append one event per call for `timed`.
@@ -391,23 +362,7 @@ async fn grpc_subscription_rate(addr: SocketAddr, total: u64) -> Result<f64, Cli
     let mut client = StreamsClient::connect(format!("http://{addr}"))
         .await
         .map_err(bench_error)?;
-    let request = ReadReq {
-        options: Some(read_req::Options {
-            stream_option: Some(read_req::options::StreamOption::All(
-                read_req::options::AllOptions {
-                    all_option: Some(read_req::options::all_options::AllOption::Start(Empty {})),
-                },
-            )),
-            read_direction: read_req::options::ReadDirection::Forwards as i32,
-            resolve_links: false,
-            count_option: Some(read_req::options::CountOption::Subscription(
-                read_req::options::SubscriptionOptions {},
-            )),
-            filter_option: Some(read_req::options::FilterOption::NoFilter(Empty {})),
-            uuid_option: None,
-            control_option: None,
-        }),
-    };
+    let request = requests::subscribe_all(SubscribeFrom::Start);
     let start = Instant::now();
     let mut stream = client
         .read(request)

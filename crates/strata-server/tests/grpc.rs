@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use strata_server::grpc::requests;
 use strata_server::proto::event_store::client::streams::streams_client::StreamsClient;
 use strata_server::proto::event_store::client::streams::{
     append_req, append_resp, read_req, read_resp, AppendReq, ReadReq,
@@ -90,10 +91,8 @@ fn proposed(event_type: Option<&str>, data: Vec<u8>) -> AppendReq {
 }
 
 async fn append_one(client: &mut StreamsClient<Channel>, stream: &str, n: u64) -> u64 {
-    let requests = vec![
-        options(stream),
-        proposed(Some("E"), format!("{{\"n\":{n}}}").into_bytes()),
-    ];
+    let event = strata::EventData::json("E", &serde_json::json!({ "n": n })).unwrap();
+    let requests = requests::append(stream, strata::ExpectedRevision::Any, &[event]);
     let response = client
         .append(tokio_stream::iter(requests))
         .await
@@ -109,23 +108,7 @@ async fn append_one(client: &mut StreamsClient<Channel>, stream: &str, n: u64) -
 }
 
 fn subscribe_all_request() -> ReadReq {
-    ReadReq {
-        options: Some(read_req::Options {
-            stream_option: Some(read_req::options::StreamOption::All(
-                read_req::options::AllOptions {
-                    all_option: Some(read_req::options::all_options::AllOption::Start(Empty {})),
-                },
-            )),
-            read_direction: read_req::options::ReadDirection::Forwards as i32,
-            resolve_links: false,
-            count_option: Some(read_req::options::CountOption::Subscription(
-                read_req::options::SubscriptionOptions {},
-            )),
-            filter_option: Some(read_req::options::FilterOption::NoFilter(Empty {})),
-            uuid_option: None,
-            control_option: None,
-        }),
-    }
+    requests::subscribe_all(strata::SubscribeFrom::Start)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

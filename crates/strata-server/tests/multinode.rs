@@ -4,15 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use strata::{EventData, ExpectedRevision, SubscribeFrom};
+use strata_server::grpc::requests;
 use strata_server::proto::event_store::client::streams::streams_client::StreamsClient;
-use strata_server::proto::event_store::client::streams::{
-    append_req, append_resp, read_req, read_resp, AppendReq, ReadReq,
-};
-use strata_server::proto::event_store::client::{uuid, Empty, StreamIdentifier, Uuid as ProtoUuid};
+use strata_server::proto::event_store::client::streams::{append_resp, read_resp, AppendReq};
 use strata_server::{Server, ServerOptions};
 
 async fn node(
@@ -38,33 +36,8 @@ async fn node(
 }
 
 fn append_request(stream: &str, n: u64) -> Vec<AppendReq> {
-    vec![
-        AppendReq {
-            content: Some(append_req::Content::Options(append_req::Options {
-                stream_identifier: Some(StreamIdentifier {
-                    stream_name: stream.as_bytes().to_vec(),
-                }),
-                expected_stream_revision: Some(append_req::options::ExpectedStreamRevision::Any(
-                    Empty {},
-                )),
-            })),
-        },
-        AppendReq {
-            content: Some(append_req::Content::ProposedMessage(
-                append_req::ProposedMessage {
-                    id: Some(ProtoUuid {
-                        value: Some(uuid::Value::String(::uuid::Uuid::new_v4().to_string())),
-                    }),
-                    metadata: HashMap::from([
-                        ("type".to_owned(), "E".to_owned()),
-                        ("content-type".to_owned(), "application/json".to_owned()),
-                    ]),
-                    custom_metadata: Vec::new(),
-                    data: format!("{{\"n\":{n}}}").into_bytes(),
-                },
-            )),
-        },
-    ]
+    let event = EventData::json("E", &serde_json::json!({ "n": n })).unwrap();
+    requests::append(stream, ExpectedRevision::Any, &[event])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,23 +50,7 @@ async fn appends_through_one_node_reach_subscribers_of_another_in_order() {
 
     // A live subscription to $all on node B, from the end.
     let mut reader = StreamsClient::connect(format!("http://{b}")).await.unwrap();
-    let request = ReadReq {
-        options: Some(read_req::Options {
-            stream_option: Some(read_req::options::StreamOption::All(
-                read_req::options::AllOptions {
-                    all_option: Some(read_req::options::all_options::AllOption::End(Empty {})),
-                },
-            )),
-            read_direction: read_req::options::ReadDirection::Forwards as i32,
-            resolve_links: false,
-            count_option: Some(read_req::options::CountOption::Subscription(
-                read_req::options::SubscriptionOptions {},
-            )),
-            filter_option: Some(read_req::options::FilterOption::NoFilter(Empty {})),
-            uuid_option: None,
-            control_option: None,
-        }),
-    };
+    let request = requests::subscribe_all(SubscribeFrom::End);
     let mut live = reader.read(request).await.unwrap().into_inner();
     // Wait for the confirmation and the caught-up marker before writing.
     loop {

@@ -5,6 +5,7 @@ pub mod convert;
 pub mod features;
 pub mod gossip;
 pub mod persistent;
+pub mod requests;
 pub mod streams;
 pub mod v2;
 

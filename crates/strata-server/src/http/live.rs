@@ -16,6 +16,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
+use futures_util::StreamExt;
 use serde_json::json;
 use strata::{Position, SubscribeFrom, Subscription, SubscriptionMessage};
 
@@ -186,6 +187,9 @@ fn start_point(headers: &HeaderMap, from: Option<String>) -> Result<SubscribeFro
     }
 }
 
+/// The most frames (events) one chunk of a live stream carries.
+const LIVE_FRAMES_PER_CHUNK: usize = 256;
+
 /// `GET /streams/{stream}/live?from=&format=` (and the filters for `$all`).
 pub async fn live(
     State(http): State<HttpState>,
@@ -240,10 +244,18 @@ pub async fn live(
         done: false,
         _permit: permit,
     };
-    let body = Body::from_stream(futures_util::stream::unfold(live, |mut live| async move {
+    let frames = futures_util::stream::unfold(live, |mut live| async move {
         let frame = live.next_frame().await?;
-        Some((Ok::<_, std::convert::Infallible>(frame), live))
-    }));
+        Some((frame, live))
+    });
+    // Frames that are ready at once (catch-up, bursts) go out as one chunk: a client
+    // pays per chunk, and one chunk per event capped a pooled hyper client near 90 k
+    // events/s. A frame that has to wait is sent alone, as soon as it exists.
+    let body = Body::from_stream(
+        frames
+            .ready_chunks(LIVE_FRAMES_PER_CHUNK)
+            .map(|frames| Ok::<_, std::convert::Infallible>(Bytes::from(frames.concat()))),
+    );
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(

@@ -23,15 +23,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use strata::{EventData, ExpectedRevision};
+use strata::{EventData, ExpectedRevision, SubscribeFrom};
+use strata_server::grpc::requests;
 use strata_server::proto::event_store::client::streams::append_resp::success;
 use strata_server::proto::event_store::client::streams::streams_client::StreamsClient;
-use strata_server::proto::event_store::client::streams::{
-    append_req, append_resp, read_req, read_resp, AppendReq, ReadReq, ReadResp,
-};
-use strata_server::proto::event_store::client::{
-    uuid as wire_uuid, Empty, StreamIdentifier, Uuid as WireUuid,
-};
+use strata_server::proto::event_store::client::streams::{append_resp, read_resp, ReadResp};
+use strata_server::proto::event_store::client::uuid as wire_uuid;
 use strata_server::{Server, ServerOptions};
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -247,8 +244,15 @@ async fn grpc_appender(addr: SocketAddr, w: usize) -> Vec<(Uuid, Ack)> {
     let mut acks = Vec::new();
     for n in 0..APPENDS_PER_APPENDER {
         let ids: Vec<Uuid> = (0..events_in(n)).map(|_| Uuid::new_v4()).collect();
-        let mut requests = vec![append_options(&stream)];
-        requests.extend(ids.iter().map(|id| proposed(*id, w, n)));
+        let events: Vec<EventData> = ids
+            .iter()
+            .map(|id| {
+                EventData::json("Load", &json!({"api": "grpc", "w": w, "n": n}))
+                    .unwrap()
+                    .with_id(*id)
+            })
+            .collect();
+        let requests = requests::append(&stream, ExpectedRevision::Any, &events);
         let response = client
             .append(tokio_stream::iter(requests))
             .await
@@ -280,39 +284,6 @@ async fn grpc_appender(addr: SocketAddr, w: usize) -> Vec<(Uuid, Ack)> {
     acks
 }
 
-fn append_options(stream: &str) -> AppendReq {
-    AppendReq {
-        content: Some(append_req::Content::Options(append_req::Options {
-            stream_identifier: Some(StreamIdentifier {
-                stream_name: stream.as_bytes().to_vec(),
-            }),
-            expected_stream_revision: Some(append_req::options::ExpectedStreamRevision::Any(
-                Empty {},
-            )),
-        })),
-    }
-}
-
-fn proposed(id: Uuid, w: usize, n: u64) -> AppendReq {
-    AppendReq {
-        content: Some(append_req::Content::ProposedMessage(
-            append_req::ProposedMessage {
-                id: Some(WireUuid {
-                    value: Some(wire_uuid::Value::String(id.to_string())),
-                }),
-                metadata: HashMap::from([
-                    ("type".to_owned(), "Load".to_owned()),
-                    ("content-type".to_owned(), "application/json".to_owned()),
-                ]),
-                custom_metadata: Vec::new(),
-                data: json!({"api": "grpc", "w": w, "n": n})
-                    .to_string()
-                    .into_bytes(),
-            },
-        )),
-    }
-}
-
 /// A `$all` subscription from the start, over its own connection.
 struct GrpcSubscriber {
     _client: StreamsClient<Channel>,
@@ -325,25 +296,7 @@ impl GrpcSubscriber {
         let mut client = StreamsClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
-        let request = ReadReq {
-            options: Some(read_req::Options {
-                stream_option: Some(read_req::options::StreamOption::All(
-                    read_req::options::AllOptions {
-                        all_option: Some(read_req::options::all_options::AllOption::Start(
-                            Empty {},
-                        )),
-                    },
-                )),
-                read_direction: read_req::options::ReadDirection::Forwards as i32,
-                resolve_links: false,
-                count_option: Some(read_req::options::CountOption::Subscription(
-                    read_req::options::SubscriptionOptions {},
-                )),
-                filter_option: Some(read_req::options::FilterOption::NoFilter(Empty {})),
-                uuid_option: None,
-                control_option: None,
-            }),
-        };
+        let request = requests::subscribe_all(SubscribeFrom::Start);
         let mut stream = client.read(request).await.unwrap().into_inner();
         loop {
             match stream.message().await.unwrap().unwrap().content {

@@ -82,6 +82,8 @@ pub async fn run(
     }
     // The server is stopped (and the store closed) whether or not a measurement failed.
     let _ = stop.send(());
+    // The server closes the store only if it holds the last handle.
+    drop(store);
     let served = running.await.map_err(bench_error)?;
     measured?;
     served?;

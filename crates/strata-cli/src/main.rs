@@ -11,6 +11,7 @@ mod client;
 mod commands;
 mod error;
 mod input;
+mod logging;
 mod output;
 
 use std::path::PathBuf;
@@ -59,6 +60,14 @@ pub struct Cli {
         conflicts_with = "postgres"
     )]
     pub server: Option<String>,
+    /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or
+    /// `strata_server=debug,info`); `RUST_LOG` wins when set. Default: `info` for
+    /// `serve`, `warn` otherwise.
+    #[arg(long, global = true, value_name = "LEVEL", env = "STRATA_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log line format, on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text, env = "STRATA_LOG_FORMAT")]
+    pub log_format: logging::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -140,6 +149,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    logging::init(cli.log_level.as_deref(), default_level, cli.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`strata read … | head`): not an error.

@@ -1,6 +1,9 @@
-//! Errors of starting and running the server.
+//! Errors of starting and running the server, and what clients may be told of a
+//! storage failure.
 
 use std::net::SocketAddr;
+
+use strata::StorageError;
 
 /// Why the server could not start or stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +23,26 @@ pub enum ServerError {
     /// The HTTP server failed while running.
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    /// At shutdown, something still held the store after every connection ended, so
+    /// the store was not closed here (no final index checkpoint; acknowledged appends
+    /// are durable regardless).
+    #[error("shutdown could not close the store: {other_handles} other handle(s) still hold it")]
+    StoreStillInUse {
+        /// Handles other than the server's own.
+        other_handles: usize,
+    },
     /// The store could not be closed cleanly at shutdown.
     #[error("closing the store failed: {0}")]
     Close(#[from] strata::StorageError),
+}
+
+/// What a client may know of a storage failure: its kind, not where it happened.
+pub fn storage_summary(storage: &StorageError) -> &'static str {
+    match storage {
+        StorageError::DiskFull { .. } => "the server's disk is full",
+        StorageError::Closed => "the store is closed",
+        StorageError::Poisoned { .. } => "the store stopped taking writes after a storage failure",
+        error if error.is_transient() => "the storage backend is unavailable",
+        _ => "internal storage error",
+    }
 }

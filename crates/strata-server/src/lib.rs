@@ -24,6 +24,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod options;
 pub mod persistent;
 pub mod proto;

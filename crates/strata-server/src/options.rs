@@ -38,6 +38,37 @@ pub struct ServerOptions {
     /// With several nodes on one database: the leases that let each persistent
     /// subscription group run on one node at a time (`None`: every group runs here).
     pub leases: Option<NodeLeases>,
+    /// Most connections open at once, both APIs together; more are refused (HTTP: a
+    /// 503 answer; gRPC: closed).
+    pub max_connections: usize,
+    /// Most connections open at once from one client IP address.
+    pub max_connections_per_address: usize,
+    /// A connection whose client sends no byte at all within this long is closed.
+    pub first_byte_timeout: Duration,
+    /// A connection whose pending write makes no progress for this long is closed: the
+    /// client stopped reading (a live stream it no longer consumes, say), and the
+    /// server must not keep its buffers for ever.
+    pub write_stall_timeout: Duration,
+    /// Longest wait for an HTTP request's head (request line and headers). hyper
+    /// starts it whenever it waits for a request, so it is also how long an idle
+    /// keep-alive connection is kept.
+    pub http_header_read_timeout: Duration,
+    /// Longest wait for the next part of an HTTP request body (408 after it).
+    pub http_body_read_timeout: Duration,
+    /// Most concurrent gRPC calls (HTTP/2 streams) on one connection.
+    pub grpc_max_concurrent_streams: u32,
+    /// How often the server pings an HTTP/2 connection to check the client is there.
+    pub grpc_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub grpc_keepalive_timeout: Duration,
+    /// Connections older than this are asked to reconnect (GOAWAY, in-flight calls
+    /// finish); `None`: no limit, as KurrentDB (subscriptions are long-lived).
+    pub grpc_max_connection_age: Option<Duration>,
+    /// Most HTTP/2 streams a client may open and reset before the server accepted them
+    /// (the "rapid reset" attack); over it the connection is closed.
+    pub grpc_max_pending_reset_streams: usize,
+    /// Requests slower than this (to the answer's head) are logged.
+    pub slow_request_threshold: Duration,
 }
 
 /// How a node shares persistent subscriptions with the other nodes of its database.
@@ -84,6 +115,18 @@ impl Default for ServerOptions {
             max_wait_for_position: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             leases: None,
+            max_connections: 4096,
+            max_connections_per_address: 1024,
+            first_byte_timeout: Duration::from_secs(10),
+            write_stall_timeout: Duration::from_secs(60),
+            http_header_read_timeout: Duration::from_secs(30),
+            http_body_read_timeout: Duration::from_secs(30),
+            grpc_max_concurrent_streams: 1024,
+            grpc_keepalive_interval: Duration::from_secs(10),
+            grpc_keepalive_timeout: Duration::from_secs(10),
+            grpc_max_connection_age: None,
+            grpc_max_pending_reset_streams: 32,
+            slow_request_threshold: Duration::from_secs(1),
         }
     }
 }

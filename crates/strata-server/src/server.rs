@@ -2,13 +2,18 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use strata::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::error::ServerError;
+use crate::http::serve::HttpConnectionSettings;
+use crate::net::accept::RefusalAnswer;
+use crate::net::watch::WatchPolicy;
+use crate::net::{Acceptor, ConnectionLimits};
 use crate::options::ServerOptions;
 use crate::state::ServerState;
 
@@ -74,7 +79,12 @@ impl Server {
 
     /// Serves until `signal` resolves, then shuts down gracefully: stops accepting
     /// connections, ends subscriptions, lets in-flight requests (appends) finish within
-    /// the grace period, and closes the store (which syncs it).
+    /// the grace period (then closes the connections that remain), and closes the store
+    /// (which syncs it and writes its index checkpoint).
+    ///
+    /// Returns [`ServerError::StoreStillInUse`] when something still held the store at
+    /// the end, so its final close did not happen here (every acknowledged append is
+    /// durable regardless: it was synced before it was acknowledged).
     pub async fn run_until(
         self,
         signal: impl Future<Output = ()> + Send,
@@ -85,13 +95,29 @@ impl Server {
             grpc,
             http,
         } = self;
+        let options = Arc::clone(&state.options);
+        tracing::info!(grpc = ?options.grpc, http = ?options.http, "serving");
+        let limits =
+            ConnectionLimits::new(options.max_connections, options.max_connections_per_address);
+        let policy = WatchPolicy {
+            first_byte_timeout: options.first_byte_timeout,
+            write_stall_timeout: options.write_stall_timeout,
+        };
+        let (kill_all, killed) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         if let Some((_, listener)) = grpc {
+            let acceptor = Acceptor::new(
+                listener,
+                Arc::clone(&limits),
+                policy,
+                RefusalAnswer::Close,
+                killed.clone(),
+            );
             let router = crate::grpc::router(state.clone());
             let stop = state.clone();
             tasks.spawn(async move {
                 router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    .serve_with_incoming_shutdown(acceptor.into_stream(), async move {
                         stop.shutting_down().await
                     })
                     .await
@@ -99,17 +125,24 @@ impl Server {
             });
         }
         if let Some((_, listener)) = http {
+            let acceptor = Acceptor::new(
+                listener,
+                Arc::clone(&limits),
+                policy,
+                RefusalAnswer::Http503,
+                killed.clone(),
+            );
             let router = crate::http::router(state.clone());
+            let settings = HttpConnectionSettings {
+                header_read_timeout: options.http_header_read_timeout,
+            };
             let stop = state.clone();
             tasks.spawn(async move {
-                // Connect info gives handlers the client's address (per-client limits).
-                let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(async move { stop.shutting_down().await })
-                    .await
-                    .map_err(ServerError::Http)
+                crate::http::serve::serve(acceptor, router, settings, stop).await;
+                Ok(())
             });
         }
+        drop(killed);
 
         // Run until the signal, or until a server fails on its own.
         let mut failure = None;
@@ -124,31 +157,63 @@ impl Server {
         tracing::info!("shutting down: no new connections; finishing in-flight requests");
         // Receivers live in `state`, which outlives this send.
         let _ = shutdown.send(true);
-        let grace = state.options.shutdown_grace;
-        let drained = tokio::time::timeout(grace, async {
-            while let Some(result) = tasks.join_next().await {
-                if let Ok(Err(error)) = result {
-                    failure.get_or_insert(error);
-                }
-            }
-        })
-        .await;
+        let grace = options.shutdown_grace;
+        let drained = tokio::time::timeout(grace, join_all(&mut tasks, &mut failure)).await;
         if drained.is_err() {
             tracing::warn!(
-                ?grace,
-                "in-flight requests did not finish within the grace period"
+                grace_ms = grace.as_millis() as u64,
+                open_connections = limits.open(),
+                "in-flight requests did not finish within the grace period: closing their connections"
             );
-            tasks.abort_all();
+            // Failing every socket ends the connections' tasks at their next read or
+            // write; the servers then return.
+            let _ = kill_all.send(true);
+            if tokio::time::timeout(CLOSE_WAIT, join_all(&mut tasks, &mut failure))
+                .await
+                .is_err()
+            {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+            }
         }
         // Persistent-subscription groups write their final checkpoints and let go of
         // the store, so that closing it below really closes (and syncs) it.
         state.persistent.stop_all().await;
         let store = state.store.clone();
         drop(state);
+        // Tasks spawned by requests (a batch append's writer, a subscription's reader)
+        // end shortly after their connection: give them a moment to let go.
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        while store.other_references() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let others = store.other_references();
+        if others > 0 {
+            // Closing now would only drop this handle: say so rather than claim success.
+            return Err(failure.unwrap_or(ServerError::StoreStillInUse {
+                other_handles: others,
+            }));
+        }
         store.close().await?;
+        tracing::info!("stopped: store closed");
         match failure {
             Some(error) => Err(error),
             None => Ok(()),
+        }
+    }
+}
+
+/// How long shutdown waits for connections and request tasks after closing them.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits for every server task, keeping the first failure.
+async fn join_all(
+    tasks: &mut tokio::task::JoinSet<Result<(), ServerError>>,
+    failure: &mut Option<ServerError>,
+) {
+    while let Some(result) = tasks.join_next().await {
+        if let Ok(Err(error)) = result {
+            failure.get_or_insert(error);
         }
     }
 }

@@ -154,7 +154,9 @@ async fn mixed_load_every_acknowledged_event_reaches_every_subscriber_once_in_or
         open_http.push(live);
     }
 
-    // Graceful shutdown with all four subscriptions open: it returns Ok and ends them.
+    // Graceful shutdown with all four subscriptions open: it returns Ok (the server
+    // holds the last handle of the store and closes it) and ends them.
+    drop(store);
     stop.send(()).unwrap();
     bounded("shutdown", running).await.unwrap().unwrap();
     for mut subscription in open_grpc {
@@ -170,7 +172,6 @@ async fn mixed_load_every_acknowledged_event_reaches_every_subscriber_once_in_or
         assert_eq!(last.data["code"], "shutting_down");
         assert!(live.next().await.is_none(), "the live stream ends");
     }
-    drop(store);
 }
 
 /// Reads every stream back over HTTP and checks it against what its appenders were told:

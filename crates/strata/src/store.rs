@@ -344,6 +344,17 @@ impl Store {
         &self.backend
     }
 
+    /// How many other references to the store exist besides this handle: other
+    /// handles, subscriptions, tasks holding the backend. [`Store::close`] really
+    /// closes an embedded store only when this is 0.
+    pub fn other_references(&self) -> usize {
+        match &self.embedded {
+            // `backend` is a second reference to the same engine, owned by this handle.
+            Some(engine) => Arc::strong_count(engine).saturating_sub(2),
+            None => Arc::strong_count(&self.backend).saturating_sub(1),
+        }
+    }
+
     /// The embedded engine, if this store is embedded (for its open report, `verify`, …).
     pub fn embedded(&self) -> Option<&Engine> {
         self.embedded.as_deref()

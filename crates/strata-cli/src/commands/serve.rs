@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use strata::Store;
@@ -35,6 +36,88 @@ pub struct ServeArgs {
     /// persistent-subscription clients to (default: `--grpc`).
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
+    /// Limits and timeouts for clients (the README's "Limits and timeouts" table).
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Limits and timeouts of `strata serve`; durations as `10s`, `500ms`, `2m`. Their
+/// defaults are `ServerOptions::default()`'s (a test keeps them equal).
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Most connections open at once (both APIs); more are refused. Lowered at start to
+    /// what the open-file limit allows.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Most connections open at once from one client IP address.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections_per_address: usize,
+    /// Close a connection whose client sends nothing at all within this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub first_byte_timeout: Duration,
+    /// Close a connection whose client stops reading (a write stalled this long).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub write_stall_timeout: Duration,
+    /// Longest wait for an HTTP request's head; also how long an idle keep-alive
+    /// connection is kept.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_header_read_timeout: Duration,
+    /// Longest wait for the next part of an HTTP request body (408 after it).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_body_read_timeout: Duration,
+    /// Largest HTTP request body, in bytes (413 above it).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_request_body: usize,
+    /// Largest gRPC message, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_grpc_message: usize,
+    /// Most open subscriptions and live streams per connection (HTTP: per client
+    /// address).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_subscriptions_per_connection: usize,
+    /// Most concurrent gRPC calls on one connection.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub grpc_max_concurrent_streams: u32,
+    /// How often idle gRPC connections are pinged.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
+    /// Ask gRPC connections older than this to reconnect (default: never).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub grpc_max_connection_age: Option<Duration>,
+    /// Most HTTP/2 streams a client may reset before the server accepted them.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub grpc_max_pending_reset_streams: usize,
+    /// Log requests slower than this.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub slow_request_threshold: Duration,
+    /// Longest shutdown waits for in-flight requests before closing their connections.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl LimitArgs {
+    /// Sets these limits on `options`.
+    fn apply(&self, options: &mut ServerOptions) {
+        options.max_connections = self.max_connections;
+        options.max_connections_per_address = self.max_connections_per_address;
+        options.first_byte_timeout = self.first_byte_timeout;
+        options.write_stall_timeout = self.write_stall_timeout;
+        options.http_header_read_timeout = self.http_header_read_timeout;
+        options.http_body_read_timeout = self.http_body_read_timeout;
+        options.max_request_body = self.max_request_body;
+        options.max_grpc_message = self.max_grpc_message;
+        options.max_subscriptions_per_connection = self.max_subscriptions_per_connection;
+        options.grpc_max_concurrent_streams = self.grpc_max_concurrent_streams;
+        options.grpc_keepalive_interval = self.grpc_keepalive_interval;
+        options.grpc_keepalive_timeout = self.grpc_keepalive_timeout;
+        options.grpc_max_connection_age = self.grpc_max_connection_age;
+        options.grpc_max_pending_reset_streams = self.grpc_max_pending_reset_streams;
+        options.slow_request_threshold = self.slow_request_threshold;
+        options.shutdown_grace = self.shutdown_grace;
+    }
 }
 
 /// Runs `strata serve` until SIGTERM or SIGINT, then shuts down gracefully (stops
@@ -52,12 +135,14 @@ pub async fn run(target: &Target, args: ServeArgs) -> Result<(), CliError> {
         }
         None => (open_store(target, true).await?, None),
     };
-    let options = ServerOptions {
+    let mut options = ServerOptions {
         grpc: (!args.no_grpc).then_some(args.grpc),
         http: (!args.no_http).then_some(args.http),
         leases,
         ..ServerOptions::default()
     };
+    args.limits.apply(&mut options);
+    fit_connections_to_open_file_limit(&mut options);
     let server = Server::bind(store, options).await?;
     match &target.postgres {
         Some(_) => eprintln!("strata serve: store on PostgreSQL"),
@@ -70,8 +155,63 @@ pub async fn run(target: &Target, args: ServeArgs) -> Result<(), CliError> {
         eprintln!("strata serve: HTTP listening on http://{addr}");
     }
     server.run_until(shutdown_signal()).await?;
-    eprintln!("strata serve: stopped cleanly");
+    eprintln!("strata serve: stopped cleanly (store synced and closed)");
     Ok(())
+}
+
+/// File descriptors kept for everything but client connections: segment files, the
+/// index checkpoint, PostgreSQL connections, listeners, the runtime.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one, and lowers `max_connections` to
+/// what it leaves room for: running out of descriptors would fail the store's own
+/// file operations (a segment roll), not just new connections.
+fn fit_connections_to_open_file_limit(options: &mut ServerOptions) {
+    let Some(limit) = raise_open_file_limit() else {
+        return;
+    };
+    let room = usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
+    if options.max_connections > room {
+        tracing::warn!(
+            requested = options.max_connections,
+            allowed = room,
+            open_file_limit = limit,
+            "lowering --max-connections to fit the open-file limit (raise `ulimit -n` for more)"
+        );
+        options.max_connections = room.max(1);
+    }
+}
+
+/// The open-file limit after raising the soft limit to the hard one (`None`: unknown).
+#[cfg(unix)]
+fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer,
+    // which is a valid, initialised `rlimit` living on this stack frame.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() -> Option<u64> {
+    None
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -95,5 +235,27 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use strata_server::ServerOptions;
+
+    #[derive(Debug, Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: super::ServeArgs,
+    }
+
+    /// `strata serve` with no flags must run with the library's documented defaults.
+    #[test]
+    fn flag_defaults_are_the_server_defaults() {
+        let parsed = Serve::parse_from(["serve"]);
+        let mut options = ServerOptions::default();
+        let expected = format!("{options:?}");
+        parsed.args.limits.apply(&mut options);
+        assert_eq!(format!("{options:?}"), expected);
     }
 }

@@ -219,11 +219,21 @@ pub fn invalid_input(input: &InvalidInput) -> Status {
 }
 
 /// The status for a storage failure: unavailable when it may pass, internal otherwise.
+///
+/// The client gets the kind of failure and a fresh error id; the details (file paths,
+/// offsets, database messages) go to the log under that id, never to the client.
 pub fn storage(error: &StorageError) -> Status {
+    let error_id = ::uuid::Uuid::new_v4();
+    tracing::error!(%error_id, %error, "storage failure answered to a gRPC call");
+    let summary = crate::error::storage_summary(error);
     if error.is_transient() {
-        Status::unavailable(format!("Server Is Not Ready: {error}"))
+        Status::unavailable(format!(
+            "Server Is Not Ready: {summary} (error id {error_id})"
+        ))
     } else {
-        Status::internal(error.to_string())
+        Status::internal(format!(
+            "{summary} (error id {error_id}; the server log has the details)"
+        ))
     }
 }
 

@@ -20,11 +20,21 @@ use crate::state::ServerState;
 
 /// The gRPC services over `state`, ready to serve.
 pub fn router(state: ServerState) -> Router {
-    let max = state.options.max_grpc_message;
-    tonic::transport::Server::builder()
-        // Appends are small request/response exchanges: Nagle's algorithm would hold
-        // responses back waiting for the client's delayed ACK.
-        .tcp_nodelay(true)
+    let options = &state.options;
+    let max = options.max_grpc_message;
+    let mut builder = tonic::transport::Server::builder()
+        // TCP_NODELAY is set on every accepted socket by `net::Acceptor`: tonic's own
+        // setting only applies to listeners it binds itself.
+        .max_concurrent_streams(options.grpc_max_concurrent_streams)
+        .http2_keepalive_interval(Some(options.grpc_keepalive_interval))
+        .http2_keepalive_timeout(Some(options.grpc_keepalive_timeout))
+        .http2_max_pending_accept_reset_streams(Some(options.grpc_max_pending_reset_streams));
+    if let Some(age) = options.grpc_max_connection_age {
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(options.shutdown_grace);
+    }
+    builder
         .add_service(
             StreamsServer::new(streams::StreamsService::new(state.clone()))
                 .max_decoding_message_size(max)

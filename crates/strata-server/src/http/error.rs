@@ -14,6 +14,7 @@ use strata::{
     AppendError, CurrentRevision, ExpectedRevision, FilterError, InvalidInput, ReadError,
     StorageError,
 };
+use uuid::Uuid;
 
 /// Why an HTTP request failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,12 @@ pub enum ApiError {
     BodyTooLarge {
         /// The limit, in bytes (`ServerOptions::max_request_body`).
         max: usize,
+    },
+    /// The request body stopped arriving (`ServerOptions::http_body_read_timeout`).
+    #[error("the request body did not arrive in time (no progress for {} ms)", timeout.as_millis())]
+    BodyReadTimeout {
+        /// The timeout.
+        timeout: Duration,
     },
     /// An append, delete or metadata write failed.
     #[error(transparent)]
@@ -91,6 +98,7 @@ impl ApiError {
                 extra.insert("max_bytes".into(), json!(max));
                 (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
             }
+            ApiError::BodyReadTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_read_timeout"),
             ApiError::Append(error) => append_parts(error, &mut extra),
             ApiError::Read(error) => read_parts(error, &mut extra),
             ApiError::Filter(FilterError::BadRegex { pattern, .. }) => {
@@ -119,13 +127,46 @@ impl ApiError {
         self.parts().0
     }
 
+    /// The storage failure behind this error, if it is one. Its details (file paths,
+    /// offsets, database messages) are for the server's log, never for clients.
+    fn storage_failure(&self) -> Option<&StorageError> {
+        match self {
+            ApiError::Append(AppendError::Storage(storage))
+            | ApiError::Read(ReadError::Storage(storage)) => Some(storage),
+            _ => None,
+        }
+    }
+
     /// The error object (`{ "code", "message", … }`) without the outer `error` key, as
     /// live streams send it in-band.
+    ///
+    /// A server-side failure gets a fresh `error_id`: the object carries it with a
+    /// message that hides internal details, and the log gets the details under the
+    /// same id (inside the request's span, so next to its request id).
     pub fn body(&self) -> Value {
-        let (_, code, mut extra) = self.parts();
+        let (status, code, mut extra) = self.parts();
         let mut object = Map::new();
         object.insert("code".into(), json!(code));
-        object.insert("message".into(), json!(self.to_string()));
+        if status.is_server_error() {
+            let error_id = Uuid::new_v4();
+            let message = match self.storage_failure() {
+                Some(storage) => {
+                    tracing::error!(%error_id, status = status.as_u16(), error = %storage, "storage failure");
+                    format!(
+                        "{} (error id {error_id}; the server log has the details)",
+                        crate::error::storage_summary(storage)
+                    )
+                }
+                None => {
+                    tracing::warn!(%error_id, status = status.as_u16(), error = %self, "request failed");
+                    format!("{self} (error id {error_id})")
+                }
+            };
+            object.insert("message".into(), json!(message));
+            object.insert("error_id".into(), json!(error_id));
+        } else {
+            object.insert("message".into(), json!(self.to_string()));
+        }
         object.append(&mut extra);
         Value::Object(object)
     }
@@ -134,9 +175,6 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %self, "HTTP request failed");
-        }
         (status, Json(json!({ "error": self.body() }))).into_response()
     }
 }

@@ -202,10 +202,26 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Byt
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge { max }
+        } else if let Some(timeout) = body_read_timeout(&rejection) {
+            ApiError::BodyReadTimeout {
+                timeout: timeout.timeout,
+            }
         } else {
             ApiError::bad_request("invalid_body", rejection.body_text())
         }
     })
+}
+
+/// The body-read timeout behind a failed body, if that is what failed it.
+fn body_read_timeout(rejection: &BytesRejection) -> Option<&super::trace::BodyReadTimeout> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = source {
+        if let Some(timeout) = error.downcast_ref::<super::trace::BodyReadTimeout>() {
+            return Some(timeout);
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// Parses a JSON body into `T`; a syntax or shape error is a 400 that says where.

@@ -14,6 +14,8 @@ pub mod metadata;
 pub mod openapi;
 pub mod params;
 pub mod read;
+pub mod serve;
+pub mod trace;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, Uri};
@@ -38,6 +40,7 @@ pub fn router(state: ServerState) -> Router {
     // JSON error body. The limit is raised from axum's 2 MiB default to the option.
     let body_limit = DefaultBodyLimit::max(state.options.max_request_body);
     let http = HttpState { state };
+    let trace = axum::middleware::from_fn_with_state(http.clone(), trace::trace);
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -57,6 +60,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/streams/{stream}/live", get(live::live))
         .fallback(no_route)
         .layer(body_limit)
+        .layer(trace)
         .with_state(http)
 }
 

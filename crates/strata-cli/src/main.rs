@@ -142,7 +142,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             args.postgres = args.postgres.or(target.postgres.clone());
             bench::run(data, args).await
         }
-        Command::Serve(args) => commands::serve::run(&target, args).await,
+        Command::Serve(args) => {
+            let json_logs = cli.log_format == logging::LogFormat::Json;
+            commands::serve::run(&target, args, json_logs).await
+        }
     }
 }
 

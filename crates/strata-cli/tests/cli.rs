@@ -993,3 +993,70 @@ fn commands_work_against_a_server_with_the_same_output() {
     }
     assert!(!unused.exists(), "no local store was created");
 }
+
+#[test]
+fn serve_logs_json_lines_with_request_ids() {
+    use std::io::Read;
+    let (_dir, data) = store_dir();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "serve",
+        ])
+        .args(["--no-grpc", "--http", "127.0.0.1:0"])
+        .args(["--slow-request-threshold", "0s"])
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut http = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("stderr line is not JSON ({e}): {line}"));
+        let message = event["message"].as_str().unwrap_or_default().to_owned();
+        seen.push(event);
+        if let Some(rest) = message.split("HTTP listening on http://").nth(1) {
+            http = Some(rest.trim().to_owned());
+            break;
+        }
+    }
+    let http = http.expect("the HTTP address is logged");
+    let mut stream = std::net::TcpStream::connect(&http).unwrap();
+    write!(
+        stream,
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Request-Id: trace-me-42\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(wait_timeout(&mut server, 20).success());
+    for line in lines.map_while(Result::ok) {
+        seen.push(
+            serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("stderr line is not JSON ({e}): {line}")),
+        );
+    }
+    let has = |message: &str| seen.iter().any(|e| e["message"] == message);
+    assert!(has("serving"), "{seen:?}");
+    assert!(has("stopped: store closed"), "{seen:?}");
+    // The slow-request line (threshold 0) names the request by the client's id.
+    let slow = seen
+        .iter()
+        .find(|e| e["message"] == "slow request")
+        .unwrap_or_else(|| panic!("no slow-request line: {seen:?}"));
+    let text = slow.to_string();
+    assert!(text.contains("trace-me-42"), "{text}");
+    assert!(text.contains("/health"), "{text}");
+}

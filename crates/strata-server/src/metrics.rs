@@ -76,6 +76,10 @@ pub struct Metrics {
     pub disk_bytes: Gauge<i64, AtomicI64>,
     /// Position of the log's last event, -1 when empty (sampled at scrape).
     pub head_position: Gauge<i64, AtomicI64>,
+    /// Client connections open, both APIs (sampled at scrape).
+    pub connections_open: Gauge<i64, AtomicI64>,
+    /// Connections refused for being over a connection limit (sampled at scrape).
+    pub connections_refused: Gauge<i64, AtomicI64>,
 }
 
 impl Metrics {
@@ -93,6 +97,8 @@ impl Metrics {
         let subscription_lag = Gauge::<i64, AtomicI64>::default();
         let disk_bytes = Gauge::<i64, AtomicI64>::default();
         let head_position = Gauge::<i64, AtomicI64>::default();
+        let connections_open = Gauge::<i64, AtomicI64>::default();
+        let connections_refused = Gauge::<i64, AtomicI64>::default();
         registry.register("appends", "Append requests", appends.clone());
         registry.register(
             "events_appended",
@@ -129,6 +135,16 @@ impl Metrics {
             "Position of the last event in the log (-1 when empty)",
             head_position.clone(),
         );
+        registry.register(
+            "connections_open",
+            "Client connections open (gRPC and HTTP)",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused for being over a connection limit, since start",
+            connections_refused.clone(),
+        );
         Metrics {
             registry,
             appends,
@@ -139,6 +155,8 @@ impl Metrics {
             subscription_lag,
             disk_bytes,
             head_position,
+            connections_open,
+            connections_refused,
         }
     }
 

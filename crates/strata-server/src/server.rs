@@ -13,7 +13,7 @@ use crate::error::ServerError;
 use crate::http::serve::HttpConnectionSettings;
 use crate::net::accept::RefusalAnswer;
 use crate::net::watch::WatchPolicy;
-use crate::net::{Acceptor, ConnectionLimits};
+use crate::net::Acceptor;
 use crate::options::ServerOptions;
 use crate::state::ServerState;
 
@@ -97,8 +97,7 @@ impl Server {
         } = self;
         let options = Arc::clone(&state.options);
         tracing::info!(grpc = ?options.grpc, http = ?options.http, "serving");
-        let limits =
-            ConnectionLimits::new(options.max_connections, options.max_connections_per_address);
+        let limits = Arc::clone(&state.connections);
         let policy = WatchPolicy {
             first_byte_timeout: options.first_byte_timeout,
             write_stall_timeout: options.write_stall_timeout,

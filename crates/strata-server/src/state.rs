@@ -7,6 +7,7 @@ use strata::Store;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+use crate::net::ConnectionLimits;
 use crate::options::ServerOptions;
 use crate::persistent::{GroupLeases, Registry};
 use crate::slots::SubscriptionSlots;
@@ -24,6 +25,9 @@ pub struct ServerState {
     pub subscription_slots: Arc<SubscriptionSlots>,
     /// The persistent subscription groups (competing consumers).
     pub persistent: Arc<Registry>,
+    /// Open connections of both APIs, against `options.max_connections` and
+    /// `options.max_connections_per_address`.
+    pub connections: Arc<ConnectionLimits>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -48,6 +52,10 @@ impl ServerState {
                 leases,
             )),
             store,
+            connections: ConnectionLimits::new(
+                options.max_connections,
+                options.max_connections_per_address,
+            ),
             options: Arc::new(options),
             metrics: Arc::new(Metrics::new()),
             subscription_slots: Arc::new(SubscriptionSlots::default()),

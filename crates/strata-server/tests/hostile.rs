@@ -333,6 +333,14 @@ async fn connections_over_the_per_address_limit_get_503_and_the_place_comes_back
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(held);
+    let metrics = request(server.http, "GET", "/metrics", "").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let refused = text
+        .lines()
+        .find(|line| line.starts_with("strata_connections_refused "))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no refused-connections metric: {text}"));
+    assert_ne!(refused, "0", "the refusal is counted");
     server.stop().await.unwrap();
 }
 

@@ -122,7 +122,7 @@ impl LimitArgs {
 
 /// Runs `strata serve` until SIGTERM or SIGINT, then shuts down gracefully (stops
 /// accepting, finishes in-flight appends, syncs and closes the store) and exits 0.
-pub async fn run(target: &Target, args: ServeArgs) -> Result<(), CliError> {
+pub async fn run(target: &Target, args: ServeArgs, json_logs: bool) -> Result<(), CliError> {
     let (store, leases) = match &target.postgres {
         // Nodes sharing the database share persistent subscriptions through its leases.
         Some(url) => {
@@ -144,19 +144,36 @@ pub async fn run(target: &Target, args: ServeArgs) -> Result<(), CliError> {
     args.limits.apply(&mut options);
     fit_connections_to_open_file_limit(&mut options);
     let server = Server::bind(store, options).await?;
-    match &target.postgres {
-        Some(_) => eprintln!("strata serve: store on PostgreSQL"),
-        None => eprintln!("strata serve: store in {}", target.data.display()),
-    }
+    let store_place = match &target.postgres {
+        Some(_) => "on PostgreSQL".to_owned(),
+        None => format!("in {}", target.data.display()),
+    };
+    banner(json_logs, format!("store {store_place}"));
     if let Some(addr) = server.grpc_addr() {
-        eprintln!("strata serve: gRPC listening on {addr} (KurrentDB clients: kurrentdb://{addr}?tls=false)");
+        banner(
+            json_logs,
+            format!("gRPC listening on {addr} (KurrentDB clients: kurrentdb://{addr}?tls=false)"),
+        );
     }
     if let Some(addr) = server.http_addr() {
-        eprintln!("strata serve: HTTP listening on http://{addr}");
+        banner(json_logs, format!("HTTP listening on http://{addr}"));
     }
     server.run_until(shutdown_signal()).await?;
-    eprintln!("strata serve: stopped cleanly (store synced and closed)");
+    banner(
+        json_logs,
+        "stopped cleanly (store synced and closed)".to_owned(),
+    );
     Ok(())
+}
+
+/// A line for the person who started the server: plain on stderr, or a log event when
+/// the logs are JSON (so every line of stderr stays machine-readable).
+fn banner(json_logs: bool, line: String) {
+    if json_logs {
+        tracing::info!(target: "strata::serve", "{line}");
+    } else {
+        eprintln!("strata serve: {line}");
+    }
 }
 
 /// File descriptors kept for everything but client connections: segment files, the

@@ -172,10 +172,19 @@ impl ApiError {
     }
 }
 
+/// Marks a response whose failure [`ApiError::body`] already logged (with its error
+/// id), so the request log does not log it a second time.
+#[derive(Clone, Copy, Debug)]
+pub struct FailureLogged;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        (status, Json(json!({ "error": self.body() }))).into_response()
+        let mut response = (status, Json(json!({ "error": self.body() }))).into_response();
+        if status.is_server_error() {
+            response.extensions_mut().insert(FailureLogged);
+        }
+        response
     }
 }
 

@@ -78,6 +78,13 @@ async fn health(State(http): State<HttpState>) -> Response {
 /// `GET /metrics`: Prometheus text format. Disk use is sampled here, at scrape time.
 async fn metrics(State(http): State<HttpState>) -> Response {
     let metrics = &http.state.metrics;
+    let connections = &http.state.connections;
+    metrics
+        .connections_open
+        .set(i64::try_from(connections.open()).unwrap_or(i64::MAX));
+    metrics
+        .connections_refused
+        .set(i64::try_from(connections.refused()).unwrap_or(i64::MAX));
     match http.state.store.stats().await {
         Ok(stats) => {
             metrics

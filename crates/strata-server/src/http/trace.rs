@@ -56,7 +56,11 @@ pub async fn trace(State(http): State<HttpState>, request: Request, next: Next) 
     let status = response.status();
     let _entered = span.enter();
     let elapsed_ms = elapsed.as_millis() as u64;
-    if status.is_server_error() {
+    let logged = response
+        .extensions()
+        .get::<super::error::FailureLogged>()
+        .is_some();
+    if status.is_server_error() && !logged {
         tracing::warn!(status = status.as_u16(), elapsed_ms, "request failed");
     } else if elapsed >= http.state.options.slow_request_threshold {
         tracing::info!(status = status.as_u16(), elapsed_ms, "slow request");

@@ -15,6 +15,7 @@ pub struct ConnectionLimits {
     max_total: usize,
     max_per_address: usize,
     open: Mutex<OpenConnections>,
+    refused: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +57,7 @@ impl ConnectionLimits {
             max_total,
             max_per_address,
             open: Mutex::new(OpenConnections::default()),
+            refused: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -66,6 +68,7 @@ impl ConnectionLimits {
     ) -> Result<ConnectionPermit, ConnectionRefused> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.total >= self.max_total {
+            self.note_refused();
             return Err(ConnectionRefused::TooManyConnections {
                 max: self.max_total,
             });
@@ -77,6 +80,7 @@ impl ConnectionLimits {
                 // Only reachable with a limit of 0: keep the no-zero-count invariant.
                 open.per_address.remove(&address);
             }
+            self.note_refused();
             return Err(ConnectionRefused::TooManyFromAddress { address, max });
         }
         *from_address += 1;
@@ -85,6 +89,16 @@ impl ConnectionLimits {
             limits: Arc::clone(self),
             address,
         })
+    }
+
+    fn note_refused(&self) {
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Connections refused so far for being over a limit.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Connections open now, in total.

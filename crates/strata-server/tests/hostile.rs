@@ -519,3 +519,303 @@ async fn shutdown_closes_connections_that_overrun_the_grace_period() {
     server.stop().await.unwrap();
     closed_by_server(&mut socket).await;
 }
+
+/// Values no parameter should choke on.
+const HOSTILE_VALUES: &[&str] = &[
+    "-1",
+    "18446744073709551615",
+    "18446744073709551616",
+    "99999999999999999999999999999999",
+    "1e400",
+    "NaN",
+    "0x10",
+    "+5",
+    "",
+    "%00",
+    "%FF%FE",
+    "a%00b",
+    "%E2%80%AE",
+];
+
+/// Sends a request and returns the status, reading only the head of streaming answers.
+async fn probe(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String) {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let text = format!(
+        "{method} {target} HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(text.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let read = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+            // A live stream never ends: its head and first bytes are enough.
+            let text = String::from_utf8_lossy(&received);
+            if text.contains("\r\n\r\n") && text.contains("200 OK") && target.contains("/live") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "{method} {target}: no answer");
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {target}: no status line in {text:?}"));
+    (status, text)
+}
+
+/// A 4xx must carry the JSON error body; nothing may be a 5xx but the documented 504
+/// of a `min_position` the log never reached.
+fn assert_client_error_or_ok(what: &str, status: u16, text: &str) {
+    let not_reached = status == 504 && text.contains("position_not_reached");
+    assert!(status < 500 || not_reached, "{what}: {status}: {text}");
+    if status >= 400 {
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let value: Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {text}"));
+        assert!(value["error"]["code"].is_string(), "{what}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn hostile_query_parameters_get_clear_client_errors() {
+    let server = start_with(|options| {
+        options.first_byte_timeout = HANG_GUARD;
+        options.write_stall_timeout = HANG_GUARD;
+        options.max_wait_for_position = Duration::from_millis(50);
+    })
+    .await;
+    request(
+        server.http,
+        "POST",
+        "/streams/s-1",
+        &json!({"type": "T", "data": {}}).to_string(),
+    )
+    .await;
+    let endpoints: &[(&str, &str, &[&str])] = &[
+        (
+            "GET",
+            "/streams/s-1",
+            &["from", "limit", "direction", "min_position"],
+        ),
+        (
+            "GET",
+            "/streams/%24all",
+            &[
+                "from",
+                "limit",
+                "direction",
+                "min_position",
+                "stream",
+                "stream_prefix",
+                "category",
+                "event_type",
+                "event_type_prefix",
+                "exclude_system",
+            ],
+        ),
+        (
+            "GET",
+            "/streams",
+            &["prefix", "after", "limit", "include_system", "min_position"],
+        ),
+        ("GET", "/streams/s-1/metadata", &["min_position"]),
+        ("GET", "/streams/s-1/live", &["from", "format"]),
+        (
+            "GET",
+            "/streams/%24all/live",
+            &["from", "format", "stream_prefix", "event_type"],
+        ),
+        ("POST", "/streams/s-2", &["expected_revision"]),
+        ("PUT", "/streams/s-3/metadata", &["expected_revision"]),
+        (
+            "DELETE",
+            "/streams/s-4",
+            &["expected_revision", "tombstone"],
+        ),
+    ];
+    for (method, path, params) in endpoints {
+        let body = match *method {
+            "POST" => json!({"type": "T", "data": {}}).to_string(),
+            "PUT" => json!({"$maxCount": 5}).to_string(),
+            _ => String::new(),
+        };
+        for param in params.iter().chain(&["no_such_parameter"]) {
+            for value in HOSTILE_VALUES {
+                let target = format!("{path}?{param}={value}");
+                let (status, text) = probe(server.http, method, &target, &body).await;
+                assert_client_error_or_ok(&format!("{method} {target}"), status, &text);
+            }
+        }
+    }
+    // Live streams from positions that cannot exist, by header too.
+    for id in ["18446744073709551615", "-1", "x"] {
+        let mut socket = TcpStream::connect(server.http).await.unwrap();
+        let text = format!(
+            "GET /streams/%24all/live HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\
+             Last-Event-ID: {id}\r\n\r\n"
+        );
+        socket.write_all(text.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 4096];
+        let n = tokio::time::timeout(HANG_GUARD, socket.read(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).into_owned();
+        let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(status < 500, "Last-Event-ID {id}: {head}");
+    }
+    server.assert_healthy().await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_stream_names_and_bodies_get_clear_client_errors() {
+    let server = start_with(|options| {
+        options.first_byte_timeout = HANG_GUARD;
+        options.max_request_body = 1024 * 1024;
+    })
+    .await;
+    let long = "n".repeat(4096);
+    let names = [
+        "%00",
+        "a%00b",
+        long.as_str(),
+        "%24system",
+        "%24%24meta",
+        "%24all",
+        "%2F",
+        "..",
+        "%FF",
+        "%E2%80%AE",
+    ];
+    let event = json!({"type": "T", "data": {}}).to_string();
+    for name in names {
+        for (method, suffix, body) in [
+            ("POST", "", event.as_str()),
+            ("GET", "", ""),
+            ("GET", "/metadata", ""),
+            ("PUT", "/metadata", "{}"),
+            ("DELETE", "", ""),
+        ] {
+            let target = format!("/streams/{name}{suffix}");
+            let (status, text) = probe(server.http, method, &target, body).await;
+            assert_client_error_or_ok(&format!("{method} {target}"), status, &text);
+        }
+    }
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let many_events = format!("[{}]", vec![r#"{"type":"T","data":0}"#; 30_000].join(","));
+    let bodies: Vec<(&str, String)> = vec![
+        ("malformed", "{\"type\":".to_owned()),
+        ("not an object", "42".to_owned()),
+        ("deeply nested", deep),
+        ("too many events", many_events),
+        (
+            "bad id",
+            r#"{"id":"not-a-uuid","type":"T","data":{}}"#.to_owned(),
+        ),
+        ("empty type", r#"{"type":"","data":{}}"#.to_owned()),
+        (
+            "bad base64",
+            r#"{"type":"T","data_base64":"@@@"}"#.to_owned(),
+        ),
+        (
+            "over the body limit",
+            format!("\"{}\"", "x".repeat(2 * 1024 * 1024)),
+        ),
+        ("invalid UTF-8", "{\"type\":\"\u{FFFD}\"}".to_owned()),
+    ];
+    for (what, body) in &bodies {
+        let (status, text) = probe(server.http, "POST", "/streams/bodies", body).await;
+        assert!(status >= 400, "{what}: accepted: {text}");
+        assert_client_error_or_ok(what, status, &text);
+        let (status, text) = probe(server.http, "POST", "/streams", body).await;
+        assert_client_error_or_ok(what, status, &text);
+        let (status, text) = probe(server.http, "PUT", "/streams/bodies/metadata", body).await;
+        assert_client_error_or_ok(what, status, &text);
+    }
+    // Valid JSON that no float can hold: stored as written (the data is kept as raw
+    // JSON text), never a crash.
+    let (status, text) = probe(
+        server.http,
+        "POST",
+        "/streams/bodies",
+        r#"{"type":"T","data":1e999999}"#,
+    )
+    .await;
+    assert_client_error_or_ok("huge number", status, &text);
+    // Wrong content types: answered, never a crash.
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "\u{0}",
+    ] {
+        let text = format!(
+            "POST /streams/ct HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{event}",
+            event.len()
+        );
+        let mut socket = TcpStream::connect(server.http).await.unwrap();
+        socket.write_all(text.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut socket).await;
+        assert!(answer.status < 500, "{content_type:?}: {answer:?}");
+    }
+    server.assert_healthy().await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn many_live_streams_are_bounded_and_released() {
+    let server = start_with(|options| {
+        options.first_byte_timeout = HANG_GUARD;
+        options.max_subscriptions_per_connection = 8;
+    })
+    .await;
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..20 {
+        let mut socket = TcpStream::connect(server.http).await.unwrap();
+        socket
+            .write_all(b"GET /streams/%24all/live HTTP/1.1\r\nHost: strata\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = vec![0u8; 4096];
+        let n = tokio::time::timeout(HANG_GUARD, socket.read(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).into_owned();
+        if head.starts_with("HTTP/1.1 429") {
+            refused += 1;
+        } else {
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            open.push(socket);
+        }
+    }
+    assert_eq!((open.len(), refused), (8, 12));
+    drop(open);
+    // Closed live streams give their places back.
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        let (status, _) = probe(server.http, "GET", "/streams/%24all/live", "").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "places never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.assert_healthy().await;
+    server.stop().await.unwrap();
+}

@@ -98,11 +98,24 @@ pub fn status(error: &PersistentError) -> Status {
                 ("leader-endpoint-port", &port.to_string()),
             ],
         ),
-        PersistentError::Lease(_) => Status::unavailable(message),
+        PersistentError::Lease(error) => {
+            // The lease store's failure may carry database details: log them, not send.
+            let error_id = ::uuid::Uuid::new_v4();
+            tracing::error!(%error_id, %error, "lease store failure answered to a gRPC call");
+            Status::unavailable(format!(
+                "Server Is Not Ready: the lease store is unavailable (error id {error_id})"
+            ))
+        }
         PersistentError::InvalidSettings(_) => Status::invalid_argument(message),
         PersistentError::Read(error) => convert::read_error(error),
         PersistentError::Append(error) => convert::append_error("PersistentSubscription", error),
-        _ => Status::internal(message),
+        _ => {
+            let error_id = ::uuid::Uuid::new_v4();
+            tracing::error!(%error_id, error = %message, "persistent subscription failure");
+            Status::internal(format!(
+                "persistent subscription state could not be used (error id {error_id})"
+            ))
+        }
     }
 }
 

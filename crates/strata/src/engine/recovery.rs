@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use super::format::segment::{self, SegmentHeader};
 use super::format::{frame, record};
-use super::index::checkpoint::{self, Checkpoint};
+use super::index::checkpoint::{self, Checkpoint, SegmentSummary};
 use super::index::{Index, IndexedRun, Location, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use super::io::{read_exact_at, read_full_at, Storage, StorageFile};
 use super::options::Options;
@@ -26,6 +26,10 @@ use crate::error::StorageError;
 
 /// Bytes read at a time while scanning.
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+/// Frame and record headers on top of a batch's event bytes, generously: a torn tail
+/// may be up to a batch's bytes, one more append, and this.
+const TORN_FRAMING_SLACK_BYTES: u64 = 16 << 20;
 
 /// A torn tail that was cut off when the store was opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +42,9 @@ pub struct TruncatedTail {
     pub bytes: u64,
     /// Why the first of them was invalid.
     pub reason: String,
+    /// The side file the cut bytes were copied to (next to the segment), as evidence;
+    /// `None` where nothing was cut (`verify` only reports).
+    pub kept_in: Option<String>,
 }
 
 /// Where the index came from when the store was opened.
@@ -65,6 +72,10 @@ pub struct OpenReport {
     pub scanned_events: u64,
     /// Events in the store.
     pub events: u64,
+    /// The newest sealed segment, whose every frame checksum was verified at open
+    /// because the checkpoint covered it (`None`: there was no such segment, or the
+    /// scan read it anyway). Damage in older sealed segments is found by `verify`.
+    pub verified_segment: Option<String>,
 }
 
 /// The state a store opens with.
@@ -96,6 +107,7 @@ pub fn create_segment(
     storage: &dyn Storage,
     number: u32,
     first_position: u64,
+    store_id: uuid::Uuid,
 ) -> Result<SegmentInfo, StorageError> {
     let name = segment::file_name(number);
     let file = storage.create(&name).map_err(io_error("create", &name))?;
@@ -103,6 +115,7 @@ pub fn create_segment(
         number,
         first_position,
         created_at_micros: crate::event::Timestamp::now().as_micros(),
+        store_id,
     };
     file.write_at(&header.encode(), 0)
         .map_err(io_error("write", &name))?;
@@ -118,6 +131,7 @@ pub fn create_segment(
         sparse: Vec::new(),
         end_offset: segment::HEADER_LEN as u32,
         end_position: first_position,
+        last_frame_offset: None,
     })
 }
 
@@ -149,19 +163,38 @@ pub fn recover(storage: &dyn Storage, options: &Options) -> Result<Recovered, St
         index_source: IndexSource::Checkpoint,
         scanned_events: 0,
         events: 0,
+        verified_segment: None,
     };
     let mut opened = open_segments(storage, &numbers, &mut report)?;
-    let (mut segments, mut index, resume) = match load_checkpoint(storage, options, &opened) {
-        Ok(checkpoint) => from_checkpoint(checkpoint, &mut opened),
-        Err(reason) => {
-            report.index_source = IndexSource::Rebuilt { reason };
-            (
-                Segments::default(),
-                Index::new(options.recent_ids_max),
-                (0, segment::HEADER_LEN as u32),
-            )
-        }
+    // A new store gets a fresh id; an existing one keeps the id of its first segment
+    // (nil for stores older than store ids), which every other segment must carry too.
+    let store_id = match opened.first() {
+        Some(first) => first.header.store_id,
+        None => uuid::Uuid::new_v4(),
     };
+    if let Some(stranger) = opened.iter().find(|seg| seg.header.store_id != store_id) {
+        return Err(StorageError::corrupt(
+            &stranger.name,
+            40,
+            format!(
+                "segment belongs to another store (store id {}, this store's is {store_id})",
+                stranger.header.store_id
+            ),
+        ));
+    }
+    let (mut segments, mut index, resume) =
+        match load_checkpoint(storage, options, &opened, store_id) {
+            Ok(checkpoint) => from_checkpoint(checkpoint, &mut opened),
+            Err(reason) => {
+                report.index_source = IndexSource::Rebuilt { reason };
+                (
+                    Segments::default(),
+                    Index::new(options.recent_ids_max),
+                    (0, segment::HEADER_LEN as u32),
+                )
+            }
+        };
+    segments.store_id = store_id;
     let mut last_recorded_at = 0;
     let count = opened.len();
     for (i, seg) in opened.into_iter().enumerate() {
@@ -185,6 +218,7 @@ pub fn recover(storage: &dyn Storage, options: &Options) -> Result<Recovered, St
                 sparse: Vec::new(),
                 end_offset: segment::HEADER_LEN as u32,
                 end_position: seg.header.first_position,
+                last_frame_offset: None,
             });
         }
         if i < resume.0 {
@@ -203,6 +237,10 @@ pub fn recover(storage: &dyn Storage, options: &Options) -> Result<Recovered, St
             // A removed half-created segment proves the one before it was sealed and
             // synced: damage there is corruption, not a torn tail.
             is_last: i + 1 == count && report.removed_segment.is_none(),
+            storage,
+            torn_bytes_max: options.batch_bytes_max as u64
+                + options.limits.append_size_bytes_max as u64
+                + TORN_FRAMING_SLACK_BYTES,
             scanned: &mut report.scanned_events,
             last_recorded_at: &mut last_recorded_at,
         };
@@ -211,7 +249,14 @@ pub fn recover(storage: &dyn Storage, options: &Options) -> Result<Recovered, St
         }
     }
     if segments.list.is_empty() {
-        segments.list.push(create_segment(storage, 1, 0)?);
+        segments.list.push(create_segment(storage, 1, 0, store_id)?);
+    }
+    // The checkpoint spared the scan every sealed segment before the resume point; a
+    // flipped byte there would otherwise go unnoticed until a read reaches it. The
+    // newest of them (the one most recently written) is checked here, whole.
+    if let Some(sealed) = resume.0.checked_sub(1).and_then(|i| segments.list.get(i)) {
+        verify_sealed(sealed)?;
+        report.verified_segment = Some(sealed.name.clone());
     }
     // Bytes a crashed process wrote but never synced may still sit in the page cache and
     // were just scanned as valid: make them durable before serving them, or a power loss
@@ -290,6 +335,7 @@ fn load_checkpoint(
     storage: &dyn Storage,
     options: &Options,
     opened: &[Opened],
+    store_id: uuid::Uuid,
 ) -> Result<Checkpoint, String> {
     let file = storage
         .open(checkpoint::FILE_NAME)
@@ -298,6 +344,12 @@ fn load_checkpoint(
     let mut bytes = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
     read_exact_at(&*file, &mut bytes, 0).map_err(|e| e.to_string())?;
     let checkpoint = checkpoint::decode(&bytes, options.recent_ids_max).map_err(str::to_owned)?;
+    if checkpoint.store_id != store_id {
+        return Err(format!(
+            "checkpoint belongs to another store (store id {}, this store's is {store_id})",
+            checkpoint.store_id
+        ));
+    }
     if checkpoint.segments.is_empty() || checkpoint.segments.len() > opened.len() {
         return Err("checkpoint does not match the segment files".into());
     }
@@ -311,8 +363,50 @@ fn load_checkpoint(
         {
             return Err(format!("checkpoint is stale for {}", seg.name));
         }
+        check_last_frame(summary, seg)?;
     }
     Ok(checkpoint)
+}
+
+/// Proves that the checkpoint's end of `seg` is a frame boundary of this very file: the
+/// frame it names as the last one covered is valid, ends exactly at the covered end and
+/// holds the events right before the covered end position. One frame read per segment.
+fn check_last_frame(summary: &SegmentSummary, seg: &Opened) -> Result<(), String> {
+    let not_boundary = |why: &str| {
+        format!(
+            "checkpoint's end of {} (offset {}) is not a frame boundary of the file: {why}",
+            seg.name, summary.end_offset
+        )
+    };
+    let Some(start) = summary.last_frame_offset else {
+        return if summary.end_offset == segment::HEADER_LEN as u32
+            && summary.end_position == summary.first_position
+        {
+            Ok(())
+        } else {
+            Err(not_boundary("it names no last frame"))
+        };
+    };
+    if start < segment::HEADER_LEN as u32 || start >= summary.end_offset {
+        return Err(not_boundary("its last frame is out of range"));
+    }
+    let mut bytes = vec![0u8; (summary.end_offset - start) as usize];
+    read_exact_at(&*seg.file, &mut bytes, u64::from(start))
+        .map_err(|e| not_boundary(&e.to_string()))?;
+    match frame::check(&bytes) {
+        Ok(header)
+            if header.length as usize == bytes.len()
+                && header.end_position() == summary.end_position =>
+        {
+            Ok(())
+        }
+        Ok(_) => Err(not_boundary(
+            "its last frame has another length or positions",
+        )),
+        Err(_) => Err(not_boundary(
+            "no valid frame where its last frame should be",
+        )),
+    }
 }
 
 type Resume = (usize, u32);
@@ -328,11 +422,46 @@ fn from_checkpoint(checkpoint: Checkpoint, opened: &mut [Opened]) -> (Segments, 
             sparse: summary.sparse,
             end_offset: summary.end_offset,
             end_position: summary.end_position,
+            last_frame_offset: summary.last_frame_offset,
         });
     }
     let last = segments.list.len() - 1;
     let resume = (last, segments.list[last].end_offset);
     (segments, checkpoint.index, resume)
+}
+
+/// Checks every frame of a sealed segment: checksums, positions without gaps from the
+/// segment's first position, and an end exactly where the segment ends.
+fn verify_sealed(sealed: &SegmentInfo) -> Result<(), StorageError> {
+    let mut next_position = sealed.first_position;
+    let mut end = u64::from(segment::HEADER_LEN as u32);
+    // The visitor never stops early: every frame is checked.
+    let _: std::ops::ControlFlow<()> = super::reader::for_each_frame(
+        &*sealed.file,
+        &sealed.name,
+        end,
+        u64::from(sealed.end_offset),
+        |frame| {
+            if frame.header.first_position != next_position {
+                return Err(StorageError::corrupt(
+                    &sealed.name,
+                    frame.file_offset,
+                    "frame position out of sequence (in a sealed segment)",
+                ));
+            }
+            next_position = frame.header.end_position();
+            end = frame.file_offset + u64::from(frame.header.length);
+            Ok(std::ops::ControlFlow::Continue(()))
+        },
+    )?;
+    if next_position != sealed.end_position || end != u64::from(sealed.end_offset) {
+        return Err(StorageError::corrupt(
+            &sealed.name,
+            end,
+            "sealed segment ends short of what the checkpoint says it holds",
+        ));
+    }
+    Ok(())
 }
 
 /// A run of one stream's events being collected from a frame.
@@ -351,6 +480,10 @@ struct Scan<'a> {
     index: &'a mut Index,
     len: u64,
     is_last: bool,
+    storage: &'a dyn Storage,
+    /// The most bytes one unacknowledged batch can leave at the end of the log: a
+    /// longer invalid tail cannot be a torn write, and is reported as damage.
+    torn_bytes_max: u64,
     scanned: &'a mut u64,
     last_recorded_at: &'a mut u64,
 }
@@ -518,6 +651,33 @@ impl Scan<'_> {
                 format!("{reason}, and a valid frame of a later batch follows at offset {later}"),
             ));
         }
+        let cut = self.len - bad;
+        if cut > self.torn_bytes_max {
+            return Err(StorageError::corrupt(
+                name,
+                bad,
+                format!(
+                    "{reason}, and the {cut} bytes from there to the end are more than one \
+                     unacknowledged batch can leave ({} bytes at most): not a torn write; \
+                     nothing was cut",
+                    self.torn_bytes_max
+                ),
+            ));
+        }
+        // Keep the evidence: the cut bytes go to a side file next to the segment before
+        // the segment is shortened (the side file is never read by the store).
+        let side = format!("{name}.torn-{bad}");
+        let kept = self
+            .storage
+            .create(&side)
+            .and_then(|copy| {
+                copy.write_at(&tail, 0)?;
+                copy.sync_data()
+            })
+            .and_then(|()| self.storage.sync_dir());
+        if let Err(error) = kept {
+            return Err(StorageError::io("keep the torn tail in", side, error));
+        }
         file.set_len(bad).map_err(io_error("truncate", name))?;
         file.sync_data().map_err(io_error("fdatasync", name))?;
         tracing::warn!(
@@ -525,6 +685,7 @@ impl Scan<'_> {
             offset = bad,
             bytes = self.len - bad,
             reason,
+            kept_in = side.as_str(),
             "cut off a torn tail"
         );
         Ok(Some(TruncatedTail {
@@ -532,6 +693,7 @@ impl Scan<'_> {
             offset: bad,
             bytes: self.len - bad,
             reason: reason.to_owned(),
+            kept_in: Some(side),
         }))
     }
 }

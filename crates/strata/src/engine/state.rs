@@ -34,6 +34,10 @@ pub struct SegmentInfo {
     pub end_offset: u32,
     /// Position after its last durable event.
     pub end_position: u64,
+    /// Where its last durable frame starts (`None`: no frame yet). A checkpoint records
+    /// it so that opening can prove the checkpoint's resume point is a frame boundary
+    /// of this very log before trusting it.
+    pub last_frame_offset: Option<u32>,
 }
 
 impl SegmentInfo {
@@ -48,6 +52,7 @@ impl SegmentInfo {
         if due && end_position > first_position {
             self.sparse.push((first_position, offset));
         }
+        self.last_frame_offset = Some(offset);
         self.end_offset = offset + length;
         self.end_position = end_position;
     }
@@ -64,6 +69,9 @@ impl SegmentInfo {
 pub struct Segments {
     /// The segments.
     pub list: Vec<SegmentInfo>,
+    /// The id every segment header and the checkpoint of this store carry (nil for a
+    /// store created before store ids existed: it keeps nil in its new segments).
+    pub store_id: uuid::Uuid,
 }
 
 impl Segments {

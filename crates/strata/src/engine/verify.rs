@@ -242,6 +242,7 @@ impl Check<'_> {
             offset: bad,
             bytes: len - bad,
             reason: reason.to_owned(),
+            kept_in: None,
         });
         Ok(())
     }

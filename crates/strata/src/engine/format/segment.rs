@@ -8,7 +8,9 @@
 //!     16     8  segment number (1, 2, 3, … with no gaps)
 //!     24     8  position of the first event the segment holds
 //!     32     8  creation time, microseconds since the Unix epoch
-//!     40    20  reserved, zero
+//!     40    16  store id (a UUID shared by every segment and the checkpoint of one
+//!               store; all zero in stores written before store ids existed)
+//!     56     4  reserved, zero
 //!     60     4  CRC32C of bytes 0..60
 //! ```
 //!
@@ -49,6 +51,8 @@ pub struct SegmentHeader {
     pub first_position: u64,
     /// Creation time, microseconds since the Unix epoch.
     pub created_at_micros: u64,
+    /// The store the segment belongs to (nil in stores older than store ids).
+    pub store_id: uuid::Uuid,
 }
 
 /// Why a segment header was rejected.
@@ -72,6 +76,7 @@ impl SegmentHeader {
         bytes[16..24].copy_from_slice(&u64::from(self.number).to_le_bytes());
         bytes[24..32].copy_from_slice(&self.first_position.to_le_bytes());
         bytes[32..40].copy_from_slice(&self.created_at_micros.to_le_bytes());
+        bytes[40..56].copy_from_slice(self.store_id.as_bytes());
         let crc = crc32c::crc32c(&bytes[..60]);
         bytes[60..64].copy_from_slice(&crc.to_le_bytes());
         bytes
@@ -98,6 +103,11 @@ impl SegmentHeader {
             number,
             first_position: u64_at(bytes, 24),
             created_at_micros: u64_at(bytes, 32),
+            store_id: uuid::Uuid::from_bytes(
+                bytes[40..56]
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!("a 16-byte range of a checked header")),
+            ),
         })
     }
 }
@@ -112,6 +122,7 @@ mod tests {
             number: 7,
             first_position: 12345,
             created_at_micros: 99,
+            store_id: uuid::Uuid::from_u128(0x1234_5678_9abc_def0_1122_3344_5566_7788),
         };
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));

@@ -3,9 +3,11 @@
 //! only the log written after it.
 //!
 //! ```text
-//! "STRATIDX"  u32 version  u32 reserved
+//! "STRATIDX"  u32 version (2)  u32 reserved
+//! 16-byte store id (the one in every segment header of the store)
 //! u32 segment count, then per segment:
 //!     u32 number  u64 first position  u32 end offset  u64 end position
+//!     u32 offset of the last frame covered (0xFFFF_FFFF: none)
 //!     u32 sparse count, then (u64 position, u32 offset) each
 //! u64 event count
 //! u64 stream count, then per stream:
@@ -15,8 +17,11 @@
 //! u32 CRC32C of everything before it
 //! ```
 //!
-//! The checkpoint is derived data: if it is missing, damaged, of another version, or
-//! disagrees with the segment files, the index is rebuilt from the log.
+//! The checkpoint is derived data: if it is missing, damaged, of another version, of
+//! another store, or disagrees with the segment files (a covered segment's last frame is
+//! not where it says, or does not end where it says), the index is rebuilt from the
+//! log. It is never trusted to decide where the log ends: a wrong resume point would
+//! otherwise make valid frames look like a torn tail and cut them.
 
 use std::sync::Arc;
 
@@ -32,7 +37,9 @@ pub const FILE_NAME: &str = "index.ckpt";
 /// The name it is written under before being renamed into place.
 pub const TEMP_FILE_NAME: &str = "index.ckpt.tmp";
 const MAGIC: &[u8; 8] = b"STRATIDX";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// `last_frame_offset` on disk when a segment has no frame.
+const NO_FRAME: u32 = u32::MAX;
 
 /// What a checkpoint says about one segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +52,8 @@ pub struct SegmentSummary {
     pub end_offset: u32,
     /// Position after the last event covered.
     pub end_position: u64,
+    /// Where the last frame covered starts (`None`: the segment has no frame).
+    pub last_frame_offset: Option<u32>,
     /// Sparse index entries.
     pub sparse: Vec<(u64, u32)>,
 }
@@ -52,6 +61,8 @@ pub struct SegmentSummary {
 /// A decoded checkpoint.
 #[derive(Debug)]
 pub struct Checkpoint {
+    /// The store it was written for.
+    pub store_id: Uuid,
     /// The segments it covers; the last one is where the scan resumes.
     pub segments: Vec<SegmentSummary>,
     /// The indexes as of the covered point.
@@ -64,12 +75,14 @@ pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(segments.store_id.as_bytes());
     out.extend_from_slice(&(segments.list.len() as u32).to_le_bytes());
     for segment in &segments.list {
         out.extend_from_slice(&segment.number.to_le_bytes());
         out.extend_from_slice(&segment.first_position.to_le_bytes());
         out.extend_from_slice(&segment.end_offset.to_le_bytes());
         out.extend_from_slice(&segment.end_position.to_le_bytes());
+        out.extend_from_slice(&segment.last_frame_offset.unwrap_or(NO_FRAME).to_le_bytes());
         out.extend_from_slice(&(segment.sparse.len() as u32).to_le_bytes());
         for &(position, offset) in &segment.sparse {
             out.extend_from_slice(&position.to_le_bytes());
@@ -156,12 +169,14 @@ pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'stati
         return Err("checkpoint of another version");
     }
     c.u32()?;
+    let store_id = Uuid::from_slice(c.take(16)?).map_err(|_| "bad store id")?;
     let mut segments = Vec::new();
-    for _ in 0..c.count(false, 28)? {
+    for _ in 0..c.count(false, 32)? {
         let number = c.u32()?;
         let first_position = c.u64()?;
         let end_offset = c.u32()?;
         let end_position = c.u64()?;
+        let last_frame_offset = Some(c.u32()?).filter(|&offset| offset != NO_FRAME);
         let mut sparse = Vec::new();
         for _ in 0..c.count(false, 12)? {
             sparse.push((c.u64()?, c.u32()?));
@@ -171,6 +186,7 @@ pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'stati
             first_position,
             end_offset,
             end_position,
+            last_frame_offset,
             sparse,
         });
     }
@@ -207,7 +223,11 @@ pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'stati
     if c.at != body.len() {
         return Err("trailing bytes in checkpoint");
     }
-    Ok(Checkpoint { segments, index })
+    Ok(Checkpoint {
+        store_id,
+        segments,
+        index,
+    })
 }
 
 /// Writes a checkpoint crash-atomically: to a temporary file, synced, renamed into place,

@@ -17,9 +17,23 @@ pub struct DirStorage {
 
 impl DirStorage {
     /// Uses `path` as the store's directory, creating it if needed.
+    ///
+    /// Every directory it creates is synced into its parent: otherwise a power loss
+    /// could take the new directory back, with every event acknowledged in it (the
+    /// segment files are synced into the store's directory, but that directory's own
+    /// entry lives in its parent).
     pub fn new(path: impl AsRef<Path>) -> io::Result<DirStorage> {
         let path = path.as_ref().to_path_buf();
+        // The ancestors that do not exist yet, nearest to the root last.
+        let missing: Vec<&Path> = path.ancestors().take_while(|dir| !dir.exists()).collect();
         fs::create_dir_all(&path)?;
+        for created in missing.iter().rev() {
+            let parent = match created.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            File::open(parent)?.sync_all()?;
+        }
         Ok(DirStorage { path })
     }
 

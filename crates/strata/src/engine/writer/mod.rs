@@ -92,6 +92,8 @@ pub struct Writer {
     shared: Arc<Shared>,
     /// Segment currently written: number, name, file.
     tail: SegmentInfo,
+    /// The store's id, written into every new segment's header.
+    store_id: uuid::Uuid,
     last_recorded_at: u64,
     bytes_since_checkpoint: u64,
     last_checkpoint_bytes: u64,
@@ -106,13 +108,13 @@ pub struct Writer {
 impl Writer {
     /// A writer that continues the last segment of `shared`.
     pub fn new(shared: Arc<Shared>, last_recorded_at: u64) -> Writer {
-        let tail = {
+        let (tail, store_id) = {
             let segments = shared.segments();
             let last = segments
                 .list
                 .last()
                 .unwrap_or_else(|| unreachable!("recovery creates a segment"));
-            SegmentInfo {
+            let tail = SegmentInfo {
                 number: last.number,
                 name: last.name.clone(),
                 first_position: last.first_position,
@@ -120,11 +122,14 @@ impl Writer {
                 sparse: Vec::new(),
                 end_offset: last.end_offset,
                 end_position: last.end_position,
-            }
+                last_frame_offset: last.last_frame_offset,
+            };
+            (tail, segments.store_id)
         };
         Writer {
             shared,
             tail,
+            store_id,
             last_recorded_at,
             bytes_since_checkpoint: 0,
             last_checkpoint_bytes: 0,
@@ -281,7 +286,12 @@ impl Writer {
                         .map_err(|e| StorageError::io("fdatasync", &self.tail.name, e))?;
                 }
                 buffer.clear();
-                let next = create_segment(&*shared.storage, self.tail.number + 1, next_position)?;
+                let next = create_segment(
+                    &*shared.storage,
+                    self.tail.number + 1,
+                    next_position,
+                    self.store_id,
+                )?;
                 output.created.push(SegmentInfo {
                     number: next.number,
                     name: next.name.clone(),
@@ -290,6 +300,7 @@ impl Writer {
                     sparse: Vec::new(),
                     end_offset: next.end_offset,
                     end_position: next.end_position,
+                    last_frame_offset: None,
                 });
                 self.tail = next;
                 buffer_offset = segment::HEADER_LEN as u64;

@@ -1,0 +1,235 @@
+//! Files that may not belong to the store are never trusted to decide what to cut: a
+//! checkpoint of another store or of a diverged copy is discarded (the index is rebuilt
+//! and nothing is cut), a segment of another store stops the open, an invalid tail
+//! longer than one unacknowledged batch is damage (kept, not cut), and a torn tail that
+//! is cut is first copied to a side file.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{check_invariants, events, everything};
+use strata::engine::index::checkpoint;
+use strata::engine::IndexSource;
+use strata::{EventData, ExpectedRevision, OpenError, Options, StorageError, Store};
+
+const SEGMENT: &str = "0000000001.seg";
+
+fn options() -> Options {
+    Options {
+        batch_bytes_max: 4096,
+        ..Options::small_for_tests()
+    }
+}
+
+fn big_events(n: usize, pad: usize) -> Vec<EventData> {
+    (0..n)
+        .map(|i| {
+            EventData::json(
+                "Big",
+                &serde_json::json!({ "i": i, "pad": "y".repeat(pad) }),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+async fn append_closed(dir: &Path, batches: Vec<Vec<EventData>>) {
+    let store = Store::open_with(dir, options()).unwrap();
+    for (i, batch) in batches.into_iter().enumerate() {
+        store
+            .append(format!("s-{i}"), ExpectedRevision::Any, batch)
+            .await
+            .unwrap();
+    }
+    store.close().await.unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "LOCK" {
+            fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// Opens `dir`, checks nothing was cut, and returns every event and the index source.
+async fn open_intact(dir: &Path) -> (Vec<strata::RecordedEvent>, IndexSource) {
+    let store = Store::open_with(dir, options()).unwrap();
+    let report = store.embedded().unwrap().open_report().clone();
+    assert_eq!(report.truncated_tail, None, "nothing may be cut");
+    let all = everything(&store).await;
+    check_invariants(&all);
+    store.close().await.unwrap();
+    (all, report.index_source)
+}
+
+#[tokio::test]
+async fn a_checkpoint_of_another_store_is_discarded_and_nothing_is_cut() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    append_closed(a.path(), vec![events(2), events(2)]).await;
+    append_closed(
+        b.path(),
+        vec![big_events(3, 300), big_events(3, 300), events(1)],
+    )
+    .await;
+    let (before, _) = open_intact(b.path()).await;
+    fs::copy(
+        a.path().join(checkpoint::FILE_NAME),
+        b.path().join(checkpoint::FILE_NAME),
+    )
+    .unwrap();
+    let (after, source) = open_intact(b.path()).await;
+    match source {
+        IndexSource::Rebuilt { reason } => assert!(reason.contains("another store"), "{reason}"),
+        other => panic!("the foreign checkpoint was used: {other:?}"),
+    }
+    assert_eq!(after, before);
+}
+
+#[tokio::test]
+async fn a_checkpoint_of_a_diverged_copy_is_discarded_and_nothing_is_cut() {
+    let a = tempfile::tempdir().unwrap();
+    append_closed(a.path(), vec![events(3)]).await;
+    // A copy (a backup, say) shares the store id; both then go their own ways.
+    let c = tempfile::tempdir().unwrap();
+    copy_dir(a.path(), c.path());
+    append_closed(a.path(), vec![events(1)]).await;
+    append_closed(c.path(), vec![big_events(2, 900), events(2)]).await;
+    let (before, _) = open_intact(c.path()).await;
+    fs::copy(
+        a.path().join(checkpoint::FILE_NAME),
+        c.path().join(checkpoint::FILE_NAME),
+    )
+    .unwrap();
+    let (after, source) = open_intact(c.path()).await;
+    match source {
+        IndexSource::Rebuilt { reason } => {
+            assert!(reason.contains("not a frame boundary"), "{reason}")
+        }
+        other => panic!("the diverged checkpoint was used: {other:?}"),
+    }
+    assert_eq!(after, before);
+}
+
+#[tokio::test]
+async fn a_checkpoint_of_an_older_format_version_is_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    append_closed(dir.path(), vec![events(3), events(2)]).await;
+    let (before, _) = open_intact(dir.path()).await;
+    let path = dir.path().join(checkpoint::FILE_NAME);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let body = bytes.len() - 4;
+    let crc = crc32c::crc32c(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&path, bytes).unwrap();
+    let (after, source) = open_intact(dir.path()).await;
+    assert!(matches!(source, IndexSource::Rebuilt { .. }), "{source:?}");
+    assert_eq!(after, before);
+}
+
+#[tokio::test]
+async fn a_segment_of_another_store_stops_the_open() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    // Enough to fill a few 64 KiB segments in each.
+    let many: Vec<Vec<EventData>> = (0..60).map(|_| big_events(4, 900)).collect();
+    append_closed(a.path(), many.clone()).await;
+    append_closed(b.path(), many).await;
+    fs::copy(
+        a.path().join("0000000002.seg"),
+        b.path().join("0000000002.seg"),
+    )
+    .unwrap();
+    fs::remove_file(b.path().join(checkpoint::FILE_NAME)).unwrap();
+    match Store::open_with(b.path(), options()) {
+        Err(OpenError::Storage(StorageError::Corrupt { file, reason, .. })) => {
+            assert!(file.ends_with("0000000002.seg"), "{file}");
+            assert!(reason.contains("another store"), "{reason}");
+        }
+        other => panic!("a segment of another store was accepted: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_cut_torn_tail_is_kept_in_a_side_file() {
+    let dir = tempfile::tempdir().unwrap();
+    append_closed(dir.path(), vec![events(3), events(3)]).await;
+    let segment = dir.path().join(SEGMENT);
+    let intact = fs::read(&segment).unwrap();
+    // A batch torn half way: a frame header's worth of bytes that do not check.
+    let torn = vec![0x5Au8; 100];
+    let mut bytes = intact.clone();
+    bytes.extend_from_slice(&torn);
+    fs::write(&segment, &bytes).unwrap();
+    fs::remove_file(dir.path().join(checkpoint::FILE_NAME)).unwrap();
+    let store = Store::open_with(dir.path(), options()).unwrap();
+    let tail = store
+        .embedded()
+        .unwrap()
+        .open_report()
+        .truncated_tail
+        .clone()
+        .unwrap();
+    store.close().await.unwrap();
+    assert_eq!(tail.offset, intact.len() as u64);
+    let kept = tail.kept_in.expect("the cut bytes are kept");
+    assert_eq!(fs::read(dir.path().join(&kept)).unwrap(), torn);
+    assert_eq!(fs::read(&segment).unwrap(), intact);
+}
+
+#[tokio::test]
+async fn an_invalid_tail_longer_than_any_batch_is_damage_and_is_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    append_closed(dir.path(), vec![events(3), events(3)]).await;
+    let segment = dir.path().join(SEGMENT);
+    let options = options();
+    let most = options.batch_bytes_max + options.limits.append_size_bytes_max + (16 << 20);
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes.resize(bytes.len() + most + 1, 0xA5);
+    fs::write(&segment, &bytes).unwrap();
+    fs::remove_file(dir.path().join(checkpoint::FILE_NAME)).unwrap();
+    match Store::open_with(dir.path(), options) {
+        Err(OpenError::Storage(StorageError::Corrupt { reason, .. })) => {
+            assert!(reason.contains("not a torn write"), "{reason}")
+        }
+        other => panic!("a long invalid tail was not reported as damage: {other:?}"),
+    }
+    assert_eq!(
+        fs::read(&segment).unwrap().len(),
+        bytes.len(),
+        "nothing was cut"
+    );
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_the_newest_sealed_segment_stops_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let many: Vec<Vec<EventData>> = (0..60).map(|_| big_events(4, 900)).collect();
+    append_closed(dir.path(), many).await;
+    let mut segments: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".seg"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    // The checkpoint written at close covers every sealed segment: the open scan
+    // would not read them.
+    let sealed = dir.path().join(&segments[segments.len() - 2]);
+    let mut bytes = fs::read(&sealed).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    fs::write(&sealed, bytes).unwrap();
+    match Store::open_with(dir.path(), options()) {
+        Err(OpenError::Storage(StorageError::Corrupt { file, .. })) => {
+            assert!(file.ends_with(&segments[segments.len() - 2]), "{file}")
+        }
+        other => panic!("the damaged sealed segment went unnoticed: {other:?}"),
+    }
+}

@@ -233,3 +233,63 @@ async fn a_flipped_byte_in_the_newest_sealed_segment_stops_the_open() {
         other => panic!("the damaged sealed segment went unnoticed: {other:?}"),
     }
 }
+
+/// A batch that fails after it rolled to a new segment had already synced its first
+/// frames into the previous segment: none of them may be served after a reopen, since
+/// their callers were told the append failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_batch_that_crossed_a_segment_leaves_nothing_behind() {
+    use std::sync::Arc;
+    use strata::engine::io::{Fault, FaultyStorage, MemoryStorage};
+    for fail_at_sync in 0..12u64 {
+        let memory = MemoryStorage::new();
+        let faulty = FaultyStorage::new(Arc::new(memory.clone()));
+        let store = common::open(Arc::new(faulty.clone()));
+        // Nearly fill the first 64 KiB segment.
+        for _ in 0..55 {
+            store
+                .append("fill", ExpectedRevision::Any, big_events(1, 1000))
+                .await
+                .unwrap();
+        }
+        faulty.inject(Fault::SyncError {
+            after_syncs: fail_at_sync,
+        });
+        // Many appends at once, so that batches hold several and one rolls mid-batch.
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let batch = big_events(1, 1000);
+                    let id = batch[0].id;
+                    let ok = store
+                        .append(format!("w-{i}"), ExpectedRevision::Any, batch)
+                        .await
+                        .is_ok();
+                    (id, ok)
+                })
+            })
+            .collect();
+        let mut acknowledged = std::collections::HashSet::new();
+        for task in tasks {
+            let (id, ok) = task.await.unwrap();
+            if ok {
+                acknowledged.insert(id);
+            }
+        }
+        drop(store);
+        faulty.clear();
+        let reopened = common::open(Arc::new(memory.clone()));
+        let all = everything(&reopened).await;
+        check_invariants(&all);
+        let served: std::collections::HashSet<_> = all
+            .iter()
+            .filter(|e| e.stream.starts_with("w-"))
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(
+            served, acknowledged,
+            "fail at sync {fail_at_sync}: exactly the acknowledged events are served"
+        );
+    }
+}

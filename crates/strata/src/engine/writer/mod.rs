@@ -445,23 +445,49 @@ impl Writer {
         shared.publish_head();
     }
 
-    /// After a failed write or sync, cuts what the failed batch wrote off the current
-    /// segment (best effort): after a failed fsync the kernel may have marked those pages
-    /// clean without writing them, and a later open must not serve bytes that may not be
-    /// on disk.
+    /// After a failed write or sync, cuts what the failed batch wrote off every segment
+    /// it touched (best effort): after a failed fsync the kernel may have marked those
+    /// pages clean without writing them, and a later open must not serve bytes that may
+    /// not be on disk. A batch that rolled to a new segment had already synced its first
+    /// frames into the previous one: they are cut too (the callers were told nothing was
+    /// written), and the segments it created are removed (they would start after frames
+    /// that no longer exist).
     fn drop_unpublished(&mut self) {
-        let published = {
+        let (published_number, published_end) = {
             let segments = self.shared.segments();
-            segments
-                .by_number(self.tail.number)
-                .map_or(segment::HEADER_LEN as u32, |s| s.end_offset)
+            let last = segments
+                .list
+                .last()
+                .unwrap_or_else(|| unreachable!("a store always has a segment"));
+            (last.number, last.end_offset)
         };
-        let file = &self.tail.file;
-        if let Err(error) = file
-            .set_len(u64::from(published))
-            .and_then(|()| file.sync_data())
-        {
-            tracing::warn!(%error, file = self.tail.name, "could not cut the failed batch off the segment");
+        let storage = &*self.shared.storage;
+        // Every segment after the published one was created by the failed batch, even
+        // one whose creation itself failed half way (so `self.tail` may not name it).
+        let mut outcome = storage.list().and_then(|names| {
+            let mut created: Vec<u32> = names
+                .iter()
+                .filter_map(|name| segment::parse_file_name(name))
+                .filter(|&number| number > published_number)
+                .collect();
+            created.sort_unstable();
+            for &number in created.iter().rev() {
+                storage.remove(&segment::file_name(number))?;
+            }
+            if created.is_empty() {
+                Ok(())
+            } else {
+                storage.sync_dir()
+            }
+        });
+        let name = segment::file_name(published_number);
+        outcome = outcome.and_then(|()| {
+            let file = storage.open(&name)?;
+            file.set_len(u64::from(published_end))?;
+            file.sync_data()
+        });
+        if let Err(error) = outcome {
+            tracing::warn!(%error, file = name, "could not cut the failed batch off the log");
         }
     }
 

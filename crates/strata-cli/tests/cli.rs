@@ -1060,3 +1060,56 @@ fn serve_logs_json_lines_with_request_ids() {
     assert!(text.contains("trace-me-42"), "{text}");
     assert!(text.contains("/health"), "{text}");
 }
+
+#[test]
+fn tail_of_a_held_store_shows_only_frames_proven_durable() {
+    let (_dir, data) = store_dir();
+    let mut writer = strata(&data)
+        .args(["import", "--input", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn import");
+    let mut pipe = writer.stdin.take().expect("stdin");
+    let segment = data.join("0000000001.seg");
+    let mut write_and_wait = |n: u32| {
+        let before = std::fs::metadata(&segment).map_or(0, |m| m.len());
+        writeln!(pipe, r#"{{"stream":"e-{n}","type":"E","data":{{}}}}"#).expect("write");
+        pipe.flush().expect("flush");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&segment).map_or(0, |m| m.len()) <= before.max(64) {
+            assert!(Instant::now() < deadline, "the writer never wrote");
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    write_and_wait(1);
+    write_and_wait(2);
+    // With the writer's durable-point marker, every synced event shows at once.
+    let output = run(&data, &["tail", "$all", "--from-start", "--count", "2"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(json_lines(&stdout(&output)).len(), 2);
+
+    // Without the marker (a writer that keeps none), the last batch is shown only once
+    // a later batch proves it was synced.
+    std::fs::remove_file(data.join("durable.pos")).unwrap();
+    let mut tail = strata(&data)
+        .args(["tail", "$all", "--from-start", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tail");
+    let lines = lines_of(tail.stdout.take().expect("stdout"));
+    let first = lines.recv_timeout(Duration::from_secs(10)).expect("e-1");
+    assert!(first.contains("\"e-1\""), "{first}");
+    assert!(
+        lines.recv_timeout(Duration::from_millis(500)).is_err(),
+        "e-2 is shown before anything proves it durable"
+    );
+    write_and_wait(3);
+    let second = lines.recv_timeout(Duration::from_secs(10)).expect("e-2");
+    assert!(second.contains("\"e-2\""), "{second}");
+    assert!(wait_timeout(&mut tail, 10).success());
+    drop(pipe);
+    assert!(wait_timeout(&mut writer, 10).success());
+}

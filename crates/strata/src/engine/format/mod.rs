@@ -4,6 +4,7 @@
 //! All integers are little-endian. A store directory holds segment files
 //! (`0000000001.seg`, …), an index checkpoint (`index.ckpt`) and a `LOCK` file.
 
+pub mod durable;
 pub mod frame;
 pub mod record;
 pub mod segment;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::format::{frame, record, segment};
+use super::format::{self, frame, record, segment};
 use super::index::{checkpoint, IndexedRun, Location, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use super::options::Durability;
 use super::recovery::create_segment;
@@ -103,11 +103,15 @@ pub struct Writer {
     /// Reused from batch to batch to keep its allocations.
     overlay: Overlay,
     buffer: Vec<u8>,
+    /// The durable-point marker for readers in other processes (`None`: it could not
+    /// be opened; it is only a hint, so the store works without it).
+    durable_marker: Option<Arc<dyn crate::engine::io::StorageFile>>,
 }
 
 impl Writer {
     /// A writer that continues the last segment of `shared`.
     pub fn new(shared: Arc<Shared>, last_recorded_at: u64) -> Writer {
+        let shared_for_marker = shared.storage.clone();
         let (tail, store_id) = {
             let segments = shared.segments();
             let last = segments
@@ -136,6 +140,7 @@ impl Writer {
             checkpoint_in_flight: None,
             overlay: Overlay::default(),
             buffer: Vec::new(),
+            durable_marker: open_durable_marker(&*shared_for_marker),
         }
     }
 
@@ -213,6 +218,7 @@ impl Writer {
         match outcome {
             Ok(output) => {
                 self.publish(output);
+                self.mark_durable();
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
                 }
@@ -401,6 +407,28 @@ impl Writer {
         Ok(())
     }
 
+    /// Rewrites the durable-point marker after a synced batch (a hint: not synced, and a
+    /// failure only stops the hint).
+    fn mark_durable(&mut self) {
+        if self.shared.options.durability != Durability::Fsync {
+            // Without syncs nothing is proven durable: readers fall back on sealed
+            // segments and later batches.
+            return;
+        }
+        let Some(marker) = &self.durable_marker else {
+            return;
+        };
+        let point = format::durable::DurablePoint {
+            segment: self.tail.number,
+            end_offset: self.tail.end_offset,
+            end_position: self.tail.end_position,
+        };
+        if let Err(error) = marker.write_at(&point.encode(), 0) {
+            tracing::warn!(%error, "cannot update the durable-point marker; live readers in other processes will lag");
+            self.durable_marker = None;
+        }
+    }
+
     /// Makes a durable batch visible: segments first (so the index never points past
     /// them), then the index, then the head.
     fn publish(&mut self, output: BatchOutput) {
@@ -564,4 +592,18 @@ fn frame_size(runs: &[PlannedRun]) -> u64 {
         .flat_map(|run| run.events.iter().map(|e| plan::encoded_len(&run.stream, e)))
         .sum();
     frame::HEADER_LEN as u64 + records
+}
+
+/// Opens (or creates) the durable-point marker; `None` if that fails.
+fn open_durable_marker(
+    storage: &dyn crate::engine::io::Storage,
+) -> Option<Arc<dyn crate::engine::io::StorageFile>> {
+    let name = format::durable::FILE_NAME;
+    match storage.open(name).or_else(|_| storage.create(name)) {
+        Ok(file) => Some(file),
+        Err(error) => {
+            tracing::warn!(%error, "cannot open the durable-point marker");
+            None
+        }
+    }
 }

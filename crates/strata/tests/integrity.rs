@@ -293,3 +293,47 @@ async fn a_failed_batch_that_crossed_a_segment_leaves_nothing_behind() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_beyond_the_write_queues_byte_budget_wait_for_room_and_all_complete() {
+    let base = options();
+    let budget = base.limits.append_size_bytes_max * 2;
+    let options = Options {
+        write_queue_bytes_max: budget,
+        ..base
+    };
+    // The budget must hold the largest append: a smaller one is refused at open.
+    let too_small = Options {
+        write_queue_bytes_max: 1024,
+        ..options.clone()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    match Store::open_with(dir.path(), too_small) {
+        Err(OpenError::InvalidOptions { reason }) => {
+            assert!(reason.contains("write_queue_bytes_max"), "{reason}")
+        }
+        other => panic!("a budget below the largest append was accepted: {other:?}"),
+    }
+    let store = Store::open_with(dir.path(), options).unwrap();
+    // Far more bytes at once than the budget: callers wait for room, none is lost.
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(
+                        format!("q-{i}"),
+                        ExpectedRevision::NoStream,
+                        big_events(6, 2000),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let all = everything(&store).await;
+    check_invariants(&all);
+    assert_eq!(all.len(), 32 * 6);
+}

@@ -49,6 +49,9 @@ const INLINE_READ_EVENTS_MAX: usize = 4096;
 pub struct Engine {
     shared: Arc<Shared>,
     queue: Option<mpsc::Sender<Command>>,
+    /// Bytes of appends queued for or being written by the writer, against
+    /// `Options::write_queue_bytes_max`: one permit per byte, held until the answer.
+    queue_bytes: Arc<tokio::sync::Semaphore>,
     writer: Mutex<Option<JoinHandle<()>>>,
     report: OpenReport,
     _lock: Box<dyn Send + Sync + std::fmt::Debug>,
@@ -91,6 +94,7 @@ impl Engine {
             .map(Position);
         let (head_sender, _) = watch::channel(head);
         let write_queue_max = options.write_queue_max;
+        let queue_bytes = Arc::new(tokio::sync::Semaphore::new(options.write_queue_bytes_max));
         let shared = Arc::new(Shared {
             storage,
             options,
@@ -125,6 +129,7 @@ impl Engine {
         Ok(Engine {
             shared,
             queue: Some(queue),
+            queue_bytes,
             writer: Mutex::new(Some(handle)),
             report,
             _lock: lock,
@@ -231,6 +236,19 @@ impl Engine {
         if let Some(error) = self.shared.poison_error() {
             return Err(error.into());
         }
+        // Wait for room in the queue's byte budget first: queued appends hold their
+        // events in memory until the writer is done with them. `validate` caps an
+        // append below the budget, so the wait always ends.
+        let budget = self.shared.options.write_queue_bytes_max;
+        // Clamped: an append over the whole budget (impossible once validated) takes all
+        // of it rather than wait for ever.
+        let size = writer::parts_size(&parts).min(budget);
+        let permits = u32::try_from(size).unwrap_or(u32::MAX);
+        let _room = self
+            .queue_bytes
+            .acquire_many(permits)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let (reply, answer) = oneshot::channel();
         self.send(Command::Append { parts, reply }).await?;
         answer.await.map_err(|_| StorageError::Closed)?

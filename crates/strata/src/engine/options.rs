@@ -35,6 +35,10 @@ pub struct Options {
     pub checkpoint_interval_bytes: u64,
     /// Most appends waiting for the writer; callers wait for room beyond it.
     pub write_queue_max: usize,
+    /// Most bytes of appends waiting for or being written by the writer; callers wait
+    /// for room beyond it (so memory held by queued appends is bounded in bytes, not
+    /// only in count). At least the largest append.
+    pub write_queue_bytes_max: usize,
     /// Most bytes the writer puts in one batch (one write, one sync).
     pub batch_bytes_max: usize,
 }
@@ -84,6 +88,17 @@ impl Options {
         if self.write_queue_max == 0 || self.batch_bytes_max == 0 {
             return invalid("write_queue_max and batch_bytes_max must be positive".into());
         }
+        let largest_append = super::writer::queued_bytes_max(&self.limits);
+        if self.write_queue_bytes_max < largest_append
+            || self.write_queue_bytes_max > super::writer::QUEUE_BYTES_LIMIT
+        {
+            return invalid(format!(
+                "write_queue_bytes_max is {}; it must hold the largest append ({largest_append} \
+                 bytes) and be at most {}",
+                self.write_queue_bytes_max,
+                super::writer::QUEUE_BYTES_LIMIT
+            ));
+        }
         Ok(())
     }
 
@@ -115,6 +130,7 @@ impl Default for Options {
             recent_ids_max: 262_144,
             checkpoint_interval_bytes: 64 << 20,
             write_queue_max: 8192,
+            write_queue_bytes_max: 256 << 20,
             batch_bytes_max: 16 << 20,
         }
     }

@@ -44,17 +44,47 @@ pub enum Command {
     },
 }
 
+/// What a part costs in the queue and in a batch besides its events: a delete or a
+/// tombstone writes a record too, and an empty part still has to be planned.
+const PART_BYTES_MIN: usize = 256;
+
+/// The largest byte budget the write queue may have (tokio semaphores count permits
+/// in fewer bits than `usize`).
+pub const QUEUE_BYTES_LIMIT: usize = u32::MAX as usize;
+
 impl Command {
-    fn size_hint(&self) -> usize {
+    /// Bytes the command holds and will write: what it costs against the queue's and a
+    /// batch's byte bounds.
+    pub fn size_hint(&self) -> usize {
         match self {
-            Command::Append { parts, .. } => parts
-                .iter()
-                .flat_map(|p| &p.events)
-                .map(|e| e.size_bytes() + record::HEADER_LEN)
-                .sum(),
-            Command::Checkpoint { .. } => 0,
+            Command::Append { parts, .. } => parts_size(parts),
+            // A checkpoint is written by the writer, not queued data; it still counts,
+            // so a flood of them cannot make a batch unbounded in work.
+            Command::Checkpoint { .. } => PART_BYTES_MIN,
         }
     }
+}
+
+/// Bytes `parts` cost in the queue and in a batch.
+pub fn parts_size(parts: &[Part]) -> usize {
+    parts
+        .iter()
+        .map(|part| {
+            PART_BYTES_MIN
+                + part
+                    .events
+                    .iter()
+                    .map(|e| e.size_bytes() + record::HEADER_LEN)
+                    .sum::<usize>()
+        })
+        .sum()
+}
+
+/// The most bytes one valid append can cost in the queue (see [`parts_size`]).
+pub fn queued_bytes_max(limits: &crate::limits::Limits) -> usize {
+    limits.append_size_bytes_max
+        + limits.append_events_max * record::HEADER_LEN
+        + limits.append_streams_max * PART_BYTES_MIN
 }
 
 /// Where the outcome of an append goes.
@@ -147,11 +177,14 @@ impl Writer {
     /// Runs until every sender is gone, then writes a final checkpoint.
     pub fn run(mut self, mut queue: mpsc::Receiver<Command>) {
         let batch_bytes_max = self.shared.options.batch_bytes_max;
+        // A batch takes at most a queue's worth of commands, so it is bounded in count
+        // as well as in bytes.
+        let batch_commands_max = self.shared.options.write_queue_max;
         let mut batch = Vec::new();
         while let Some(first) = queue.blocking_recv() {
             let mut bytes = first.size_hint();
             batch.push(first);
-            while bytes < batch_bytes_max {
+            while bytes < batch_bytes_max && batch.len() < batch_commands_max {
                 match queue.try_recv() {
                     Ok(command) => {
                         bytes += command.size_hint();

@@ -43,6 +43,21 @@ pub struct Options {
     pub batch_bytes_max: usize,
 }
 
+/// What a part costs in the queue and in a batch besides its events: a delete or a
+/// tombstone writes a record too, and an empty part still has to be planned.
+pub(crate) const PART_BYTES_MIN: usize = 256;
+
+/// The largest byte budget the write queue may have (tokio semaphores count permits
+/// in fewer bits than `usize`).
+pub const QUEUE_BYTES_LIMIT: usize = u32::MAX as usize;
+
+/// The most bytes one valid append can cost in the queue (as the writer counts it).
+pub fn queued_bytes_max(limits: &Limits) -> usize {
+    limits.append_size_bytes_max
+        + limits.append_events_max * super::format::record::HEADER_LEN
+        + limits.append_streams_max * PART_BYTES_MIN
+}
+
 impl Options {
     /// Default segment size: 256 MiB.
     pub const SEGMENT_SIZE_BYTES: u32 = 256 << 20;
@@ -88,15 +103,14 @@ impl Options {
         if self.write_queue_max == 0 || self.batch_bytes_max == 0 {
             return invalid("write_queue_max and batch_bytes_max must be positive".into());
         }
-        let largest_append = super::writer::queued_bytes_max(&self.limits);
+        let largest_append = queued_bytes_max(&self.limits);
         if self.write_queue_bytes_max < largest_append
-            || self.write_queue_bytes_max > super::writer::QUEUE_BYTES_LIMIT
+            || self.write_queue_bytes_max > QUEUE_BYTES_LIMIT
         {
             return invalid(format!(
                 "write_queue_bytes_max is {}; it must hold the largest append ({largest_append} \
                  bytes) and be at most {}",
-                self.write_queue_bytes_max,
-                super::writer::QUEUE_BYTES_LIMIT
+                self.write_queue_bytes_max, QUEUE_BYTES_LIMIT
             ));
         }
         Ok(())

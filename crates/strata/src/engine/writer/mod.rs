@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::format::{self, frame, record, segment};
 use super::index::{checkpoint, IndexedRun, Location, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
-use super::options::Durability;
+use super::options::{Durability, PART_BYTES_MIN};
 use super::recovery::create_segment;
 use super::state::{SegmentInfo, Shared};
 use crate::error::{AppendError, StorageError};
@@ -43,14 +43,6 @@ pub enum Command {
         reply: oneshot::Sender<Result<(), StorageError>>,
     },
 }
-
-/// What a part costs in the queue and in a batch besides its events: a delete or a
-/// tombstone writes a record too, and an empty part still has to be planned.
-const PART_BYTES_MIN: usize = 256;
-
-/// The largest byte budget the write queue may have (tokio semaphores count permits
-/// in fewer bits than `usize`).
-pub const QUEUE_BYTES_LIMIT: usize = u32::MAX as usize;
 
 impl Command {
     /// Bytes the command holds and will write: what it costs against the queue's and a
@@ -78,13 +70,6 @@ pub fn parts_size(parts: &[Part]) -> usize {
                     .sum::<usize>()
         })
         .sum()
-}
-
-/// The most bytes one valid append can cost in the queue (see [`parts_size`]).
-pub fn queued_bytes_max(limits: &crate::limits::Limits) -> usize {
-    limits.append_size_bytes_max
-        + limits.append_events_max * record::HEADER_LEN
-        + limits.append_streams_max * PART_BYTES_MIN
 }
 
 /// Where the outcome of an append goes.

@@ -229,25 +229,37 @@ impl AsyncRead for TrackedStream {
     }
 }
 
+impl TrackedStream {
+    /// One write, plain or vectored: fails at once on a killed connection, and records
+    /// whether the write waited and how much it wrote.
+    fn tracked_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        self.activity.write_waker.register(cx.waker());
+        if let Some(error) = self.activity.killed_error() {
+            return Poll::Ready(Err(error));
+        }
+        let result = write(Pin::new(&mut self.inner), cx);
+        self.note_write(&result);
+        if let Poll::Ready(Ok(written)) = result {
+            self.activity
+                .bytes_written
+                .fetch_add(written as u64, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
 impl AsyncWrite for TrackedStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.activity.write_waker.register(cx.waker());
-        if let Some(error) = this.activity.killed_error() {
-            return Poll::Ready(Err(error));
-        }
-        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.note_write(&result);
-        if let Poll::Ready(Ok(written)) = result {
-            this.activity
-                .bytes_written
-                .fetch_add(written as u64, Ordering::Relaxed);
-        }
-        result
+        self.get_mut()
+            .tracked_write(cx, |inner, cx| inner.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -255,19 +267,8 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.activity.write_waker.register(cx.waker());
-        if let Some(error) = this.activity.killed_error() {
-            return Poll::Ready(Err(error));
-        }
-        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.note_write(&result);
-        if let Poll::Ready(Ok(written)) = result {
-            this.activity
-                .bytes_written
-                .fetch_add(written as u64, Ordering::Relaxed);
-        }
-        result
+        self.get_mut()
+            .tracked_write(cx, |inner, cx| inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -8,7 +8,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{check_invariants, events, everything};
+use common::{check_invariants, copy_dir, events, everything};
 use strata::engine::index::checkpoint;
 use strata::engine::io::DirStorage;
 use strata::engine::IndexSource;
@@ -34,16 +34,6 @@ async fn build(dir: &Path, batches: usize) -> Vec<u64> {
     }
     store.close().await.unwrap();
     starts
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name != "LOCK" {
-            fs::copy(entry.path(), to.join(name)).unwrap();
-        }
-    }
 }
 
 fn open(dir: &Path) -> Result<Store, OpenError> {

@@ -10,7 +10,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{check_invariants, events, everything};
+use common::{check_invariants, copy_dir, events, everything};
 use strata::engine::index::checkpoint;
 use strata::engine::IndexSource;
 use strata::{EventData, ExpectedRevision, OpenError, Options, StorageError, Store};
@@ -45,15 +45,6 @@ async fn append_closed(dir: &Path, batches: Vec<Vec<EventData>>) {
             .unwrap();
     }
     store.close().await.unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_name() != "LOCK" {
-            fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 /// Opens `dir`, checks nothing was cut, and returns every event and the index source.

@@ -47,3 +47,13 @@ pub fn check_invariants(events: &[RecordedEvent]) -> Vec<Uuid> {
     }
     events.iter().map(|e| e.id).collect()
 }
+
+/// Copies a closed store's files from `from` into `to`, leaving out the lock file.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}

@@ -503,6 +503,46 @@ async fn metadata_round_trips_and_max_count_limits_reads() {
     server.shutdown().await;
 }
 
+/// Issue 11: one read of a stream with 60 000 events hidden by `$maxAge` overflowed the
+/// server's stack (the engine recursed once per page of expired events).
+#[tokio::test]
+async fn reads_past_many_expired_events_do_not_crash_the_server() {
+    let mut server = start().await;
+    let batch: Vec<Value> = (0..20_000).map(|i| event("E", json!(i))).collect();
+    for _ in 0..3 {
+        server.append("aging-1", Value::Array(batch.clone())).await;
+    }
+    let (status, body) = server
+        .call(Method::PUT, "/streams/aging-1/metadata", "{\"$maxAge\": 1}")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    server.append("aging-1", event("E", json!("fresh"))).await;
+    for path in [
+        "/streams/aging-1?limit=1",
+        "/streams/aging-1?limit=1&from=100",
+        "/streams/aging-1?direction=backwards",
+    ] {
+        let (status, page) = server.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {page}");
+        let revisions: Vec<u64> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["revision"].as_u64().unwrap())
+            .collect();
+        assert_eq!(revisions, vec![60_000], "{path}");
+    }
+    let response = server
+        .send(Method::GET, "/streams/aging-1/live?from=start", "", &[])
+        .await;
+    let mut live = LiveReader::new(response);
+    assert_eq!(revisions(&live.events(1).await), vec![60_000]);
+    live.expect("caught_up").await;
+    drop(live);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn streams_are_listed_and_stats_counted() {
     let mut server = start().await;

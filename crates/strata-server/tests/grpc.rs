@@ -381,3 +381,65 @@ async fn load_every_acknowledged_event_reaches_every_subscriber_once_in_order() 
     running.stop.send(()).unwrap();
     running.task.await.unwrap().unwrap();
 }
+
+/// The next message of a Read call, failing the test if none comes.
+async fn next_read_message(
+    stream: &mut tonic::Streaming<strata_server::proto::event_store::client::streams::ReadResp>,
+) -> read_resp::Content {
+    tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("a message arrives")
+        .unwrap()
+        .expect("the call goes on")
+        .content
+        .expect("a message has content")
+}
+
+/// Issue 11: a subscription from revision (or commit position) `u64::MAX` wrapped `+ 1`
+/// to 0 and replayed the whole stream. Nothing can follow `u64::MAX`: the subscription
+/// is confirmed, catches up at once, and delivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_after_u64_max_deliver_nothing() {
+    let running = start(ServerOptions::default()).await;
+    let mut client = client(running.addr).await;
+    for n in 0..3 {
+        append_one(&mut client, "max-1", n).await;
+    }
+    let requests = [
+        requests::subscribe_stream("max-1", strata::SubscribeFrom::After(u64::MAX)),
+        requests::subscribe_all(strata::SubscribeFrom::After(strata::Position(u64::MAX))),
+        // The reference: a subscription that does get the next event.
+        requests::subscribe_stream("max-1", strata::SubscribeFrom::After(2)),
+    ];
+    let mut calls = Vec::new();
+    for request in requests {
+        let mut call = client.read(request).await.unwrap().into_inner();
+        assert!(matches!(
+            next_read_message(&mut call).await,
+            read_resp::Content::Confirmation(_)
+        ));
+        let caught_up = next_read_message(&mut call).await;
+        assert!(
+            matches!(caught_up, read_resp::Content::CaughtUp(_)),
+            "caught up before any event, got {caught_up:?}"
+        );
+        calls.push(call);
+    }
+    append_one(&mut client, "max-1", 3).await;
+    let mut reference = calls.pop().unwrap();
+    match next_read_message(&mut reference).await {
+        read_resp::Content::Event(event) => {
+            assert_eq!(event.event.unwrap().stream_revision, 3);
+        }
+        other => panic!("the reference subscription gets the new event, got {other:?}"),
+    }
+    for mut call in calls {
+        let nothing = tokio::time::timeout(Duration::from_millis(300), call.message()).await;
+        assert!(
+            nothing.is_err(),
+            "nothing follows u64::MAX, got {nothing:?}"
+        );
+    }
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}

@@ -776,6 +776,60 @@ async fn ndjson_live_stream_catches_up_goes_live_and_resumes() {
     server.shutdown().await;
 }
 
+/// Issue 11: a live stream from the end (the default) opened on an empty store missed
+/// the stream's first event.
+#[tokio::test]
+async fn live_stream_from_the_end_on_an_empty_store_gets_the_first_event() {
+    let mut server = start().await;
+    let response = server.send(Method::GET, "/streams/x/live", "", &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut live = LiveReader::new(response);
+    live.expect("caught_up").await;
+    server.append("x", event("E", json!(0))).await;
+    server.append("x", event("E", json!(1))).await;
+    // Heartbeats keep the reader waiting: bound the whole wait.
+    let delivered = tokio::time::timeout(HANG_GUARD, live.events(2))
+        .await
+        .expect("both events are delivered");
+    assert_eq!(revisions(&delivered), vec![0, 1]);
+    drop(live);
+    server.shutdown().await;
+}
+
+/// Issue 11: `Last-Event-ID: 18446744073709551615` wrapped `+ 1` to 0 and replayed the
+/// whole stream (or log). Nothing can follow `u64::MAX`: caught up at once, no event.
+#[tokio::test]
+async fn live_streams_after_u64_max_deliver_nothing() {
+    let mut server = start().await;
+    for i in 0..3 {
+        server.append("max-1", event("E", json!(i))).await;
+    }
+    let last = u64::MAX.to_string();
+    for path in ["/streams/max-1/live", "/streams/$all/live"] {
+        let response = server
+            .send(Method::GET, path, "", &[("last-event-id", last.as_str())])
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let mut live = LiveReader::new(response);
+        live.expect("caught_up").await;
+        drop(live);
+    }
+    // The one past the last event is still served as "after it".
+    let response = server
+        .send(
+            Method::GET,
+            "/streams/max-1/live",
+            "",
+            &[("last-event-id", "1")],
+        )
+        .await;
+    let mut live = LiveReader::new(response);
+    assert_eq!(revisions(&live.events(1).await), vec![2]);
+    live.expect("caught_up").await;
+    drop(live);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn sse_live_all_has_no_gap_or_duplicate_across_the_handover() {
     let mut server = start().await;

@@ -72,11 +72,12 @@ pub async fn stream(
     }
     let lowest = metadata.first_visible(len);
     let limit = options.limit.min(i64::MAX as usize) as i64;
-    // Max age is part of the query, so a page is never emptied by expired events.
+    // Max age is part of the query, so a page is never emptied by expired events. An
+    // age beyond the clock saturates (the cutoff is the epoch): it hides nothing.
     let cutoff = metadata.max_age.map_or(i64::MIN, |max_age| {
-        Timestamp::now()
-            .as_micros()
-            .saturating_sub(max_age.as_micros() as u64) as i64
+        let max_age = u64::try_from(max_age.as_micros()).unwrap_or(u64::MAX);
+        let cutoff = Timestamp::now().as_micros().saturating_sub(max_age);
+        i64::try_from(cutoff).unwrap_or(i64::MAX)
     });
     let rows = match options.direction {
         Direction::Forwards => {

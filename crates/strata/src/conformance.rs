@@ -38,7 +38,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@each $factory;
             append_and_read_back, expected_revision_checks, idempotent_retries,
             multi_stream_appends_are_atomic, read_all_order_and_filters, metadata_rules,
-            max_age_hides_old_events, soft_delete_and_revival, tombstone_is_final, list_streams,
+            max_age_hides_old_events, huge_max_age_hides_nothing, soft_delete_and_revival, tombstone_is_final, list_streams,
             invalid_input_is_rejected, stream_subscription_catches_up_then_goes_live,
             stream_subscription_from_the_end_gets_every_later_event,
             subscriptions_after_the_last_possible_revision_get_nothing,
@@ -660,6 +660,36 @@ pub async fn max_age_hides_old_events(h: &Harness) {
         .await
         .expect("not stalled");
     assert_eq!(live.unwrap().revision, 601);
+}
+
+/// A `$maxAge` too large to subtract from the clock hides nothing: every backend
+/// saturates instead of truncating it (issue 11: PostgreSQL cast the microseconds of
+/// 76 480 200 929 599 801 seconds to 64 and hid every event).
+pub async fn huge_max_age_hides_nothing(h: &Harness) {
+    let store = &h.store;
+    let stream = unique("conf-");
+    store
+        .append(&stream, ExpectedRevision::NoStream, events(3))
+        .await
+        .unwrap();
+    // 76 480 200 929 599 801 s is 2^64 + 64 µs: truncated to 64 bits, 64 µs.
+    for seconds in [76_480_200_929_599_801, i64::MAX as u64, u64::MAX] {
+        let metadata = StreamMetadata {
+            max_age: Some(Duration::from_secs(seconds)),
+            ..StreamMetadata::default()
+        };
+        store
+            .set_stream_metadata(&stream, ExpectedRevision::Any, &metadata)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(read(store, &stream).await.len(), 3, "$maxAge {seconds}");
+        let back = store
+            .read_stream(&stream, ReadStreamOptions::backwards())
+            .await
+            .unwrap();
+        assert_eq!(back.len(), 3, "$maxAge {seconds}, backwards");
+    }
 }
 
 pub async fn soft_delete_and_revival(h: &Harness) {

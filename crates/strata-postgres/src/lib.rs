@@ -498,6 +498,10 @@ impl EventStore for PostgresStore {
         self.head.clone()
     }
 
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     async fn stats(&self) -> Result<StoreStats, ReadError> {
         let mut client = self.client().await?;
         let tx = self.begin_read(&mut client).await?;

@@ -503,6 +503,51 @@ async fn metadata_round_trips_and_max_count_limits_reads() {
     server.shutdown().await;
 }
 
+/// Issue 11: an append body was parsed whole (millions of tiny events built) before its
+/// event count was checked. Parsing stops at the first event over the limit: what
+/// follows it is never read, so even a malformed tail gets the 413.
+#[tokio::test]
+async fn append_bodies_stop_parsing_at_the_first_event_over_the_limit() {
+    let mut server = start().await;
+    let max = strata::Limits::default().append_events_max;
+    let one = r#"{"type":"E","data":0}"#;
+    let mut body = String::from("[");
+    body.push_str(&vec![one; max + 1].join(","));
+    body.push_str(", and never valid JSON after the event too many");
+    let (status, answer) = server.call(Method::POST, "/streams/many-1", &body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(error_code(&answer), "too_many_events");
+    // The same count over the parts of a multi-stream append, and too many parts.
+    let part = |stream: &str, events: usize| {
+        format!(
+            r#"{{"stream":"{stream}","events":[{}]}}"#,
+            vec![one; events].join(",")
+        )
+    };
+    let body = format!(
+        r#"{{"appends":[{},{}]}}"#,
+        part("many-2", max / 2 + 1),
+        part("many-3", max / 2)
+    );
+    let (status, answer) = server.call(Method::POST, "/streams", &body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(error_code(&answer), "too_many_events");
+    let streams = strata::Limits::default().append_streams_max;
+    let parts: Vec<String> = (0..=streams).map(|i| part(&format!("s-{i}"), 1)).collect();
+    let body = format!(r#"{{"appends":[{}]}}"#, parts.join(","));
+    let (status, answer) = server.call(Method::POST, "/streams", &body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(error_code(&answer), "too_many_streams");
+    // At the limit, the append goes through.
+    let mut body = String::from("[");
+    body.push_str(&vec![one; max].join(","));
+    body.push(']');
+    let (status, answer) = server.call(Method::POST, "/streams/many-1", &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["last_revision"], max - 1);
+    server.shutdown().await;
+}
+
 /// Issue 11: one read of a stream with 60 000 events hidden by `$maxAge` overflowed the
 /// server's stack (the engine recursed once per page of expired events).
 #[tokio::test]

@@ -539,6 +539,10 @@ impl EventStore for Engine {
         self.shared.head.subscribe()
     }
 
+    fn limits(&self) -> &crate::Limits {
+        &self.shared.options.limits
+    }
+
     async fn stats(&self) -> Result<StoreStats, ReadError> {
         let (events, streams) = {
             let index = self.shared.index();

@@ -143,6 +143,8 @@ async fn work(
 /// Makes one call for `batch` and answers every caller. If a call with several appends
 /// fails for a reason that is not the connection's, one of them may be the cause (text
 /// PostgreSQL cannot store, say): each is then tried alone, so only its caller sees it.
+/// No free connection in time (a busy pool) is nobody's fault: every caller gets it at
+/// once, rather than each waiting out the pool's wait timeout again.
 async fn run_batch(pool: &Pool, batch: Vec<Pending>, delay_ms: i32) {
     let groups: Vec<&[(AppendRequest, Kind)]> = batch.iter().map(|p| p.parts.as_slice()).collect();
     let outcome = call(pool, &groups, delay_ms).await;
@@ -152,7 +154,14 @@ async fn run_batch(pool: &Pool, batch: Vec<Pending>, delay_ms: i32) {
                 let _ = pending.reply.send(outcome);
             }
         }
-        Err(error) if batch.len() > 1 && !crate::error::is_transient(&error) => {
+        Err(error)
+            if batch.len() > 1
+                && !crate::error::is_transient(&error)
+                && !matches!(
+                    error,
+                    AppendError::Storage(strata::StorageError::Timeout { .. })
+                ) =>
+        {
             for pending in batch {
                 let outcome = match call(pool, &[pending.parts.as_slice()], delay_ms).await {
                     Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(error.clone())),
@@ -222,7 +231,7 @@ async fn call(
             }
         }
     }
-    let client = pool.get().await.map_err(error::pool)?;
+    let client = pool.get().await.map_err(|e| error::pool(e, pool))?;
     let statement = client.prepare_cached(CALL).await.map_err(backend)?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
         &group,

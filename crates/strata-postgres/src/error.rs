@@ -34,15 +34,40 @@ pub fn backend(error: tokio_postgres::Error) -> StorageError {
     }
 }
 
-/// A connection pool error as a storage error.
-pub fn pool(error: deadpool_postgres::PoolError) -> StorageError {
+/// A connection pool error as a storage error. Waiting longer than the pool's wait
+/// timeout for a free connection is [`StorageError::Timeout`] (the store is busy: an
+/// append is not retried, it was never sent); failing or timing out to open a new
+/// connection is a transient backend error (the server may be restarting).
+pub fn pool(error: deadpool_postgres::PoolError, pool: &deadpool_postgres::Pool) -> StorageError {
     match error {
         deadpool_postgres::PoolError::Backend(error) => backend(error),
+        deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+            StorageError::Timeout {
+                backend: "postgres",
+                operation: "waiting for a free connection",
+                limit: pool.timeouts().wait.unwrap_or_default(),
+            }
+        }
         other => StorageError::Backend {
             backend: "postgres",
             message: other.to_string(),
             transient: true,
         },
+    }
+}
+
+/// A failed statement of a read, which runs under a statement timeout: a cancelled
+/// statement (SQLSTATE 57014; strata cancels nothing else) is [`StorageError::Timeout`],
+/// anything else is as [`backend`] says.
+pub fn read(error: tokio_postgres::Error, statement_timeout: std::time::Duration) -> StorageError {
+    if error.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+        StorageError::Timeout {
+            backend: "postgres",
+            operation: "a read statement",
+            limit: statement_timeout,
+        }
+    } else {
+        backend(error)
     }
 }
 

@@ -63,7 +63,7 @@ impl PostgresLeases {
         self.pool
             .get()
             .await
-            .map_err(|e| LeaseError::Storage(pool(e)))
+            .map_err(|e| LeaseError::Storage(pool(e, &self.pool)))
     }
 }
 

@@ -34,9 +34,10 @@ pub use sink::{CommitFault, PostgresSink, SinkRuntimeError};
 pub use snapshots::PostgresSnapshots;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
@@ -66,7 +67,27 @@ pub struct PostgresOptions {
     /// connection while it writes. More workers mean more transactions in flight, fewer
     /// appends sharing each commit.
     pub append_workers: usize,
+    /// How long an operation waits for a free connection of the pool before it fails
+    /// with [`StorageError::Timeout`] (default [`POOL_WAIT_TIMEOUT`]): slow reads holding
+    /// every connection make appends fail fast rather than hang. Zero: fail at once.
+    pub pool_wait_timeout: Duration,
+    /// How long opening one connection may take (default [`CONNECT_TIMEOUT`]); an
+    /// append keeps retrying within [`RETRY_WINDOW`].
+    pub connect_timeout: Duration,
+    /// How long one statement of a read (a stream, the global log, the list of
+    /// streams, the statistics) may run before PostgreSQL cancels it and the read fails
+    /// with [`StorageError::Timeout`] (default [`READ_STATEMENT_TIMEOUT`]). Set per read
+    /// transaction (`SET LOCAL`), so appends, migrations, leases and sinks, whose work
+    /// must not be cut short, are not bounded by it. Zero: no limit.
+    pub read_statement_timeout: Duration,
 }
+
+/// Default of [`PostgresOptions::pool_wait_timeout`].
+pub const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of [`PostgresOptions::connect_timeout`].
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of [`PostgresOptions::read_statement_timeout`].
+pub const READ_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for PostgresOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,6 +96,9 @@ impl std::fmt::Debug for PostgresOptions {
             .field("limits", &self.limits)
             .field("append_delay", &self.append_delay.is_some())
             .field("append_workers", &self.append_workers)
+            .field("pool_wait_timeout", &self.pool_wait_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_statement_timeout", &self.read_statement_timeout)
             .finish()
     }
 }
@@ -86,6 +110,9 @@ impl Default for PostgresOptions {
             limits: Limits::default(),
             append_delay: None,
             append_workers: 1,
+            pool_wait_timeout: POOL_WAIT_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
+            read_statement_timeout: READ_STATEMENT_TIMEOUT,
         }
     }
 }
@@ -102,6 +129,9 @@ pub async fn connect(url: &str) -> Result<Store, OpenError> {
 pub struct PostgresStore {
     pool: Pool,
     head: watch::Receiver<Option<Position>>,
+    /// Moves the head forward (as the head watcher does) when an append knows its events
+    /// are final: see [`PostgresStore::run_once`].
+    head_sender: watch::Sender<Option<Position>>,
     /// Combines concurrent plain appends into shared calls.
     combiner: combine::Combiner,
     /// Bumped after every committed append: wakes this process's head watcher and the
@@ -109,6 +139,7 @@ pub struct PostgresStore {
     appended: watch::Sender<u64>,
     limits: Limits,
     append_delay: Option<AppendDelay>,
+    read_statement_timeout: Duration,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -133,6 +164,9 @@ impl PostgresStore {
         );
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.pool_wait_timeout))
+            .create_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| OpenError::Storage(error::other(e)))?;
         let mut client = connect_retrying(&pool).await?;
@@ -152,6 +186,7 @@ impl PostgresStore {
         let initial: Option<i64> = row.get(0);
         let (sender, head) = watch::channel(initial.map(|p| Position(p as u64)));
         let (appended, appends) = watch::channel(0u64);
+        let head_sender = sender.clone();
         tokio::spawn(head::watch_head(url.to_owned(), sender, appends.clone()));
         tokio::spawn(head::notify_others(url.to_owned(), appends));
         let combiner = combine::Combiner::start(
@@ -162,10 +197,12 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             head,
+            head_sender,
             combiner,
             appended,
             limits: options.limits,
             append_delay: options.append_delay,
+            read_statement_timeout: options.read_statement_timeout,
         })
     }
 
@@ -185,7 +222,43 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
-        self.pool.get().await.map_err(error::pool)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| error::pool(e, &self.pool))
+    }
+
+    /// Starts a read: a read-only transaction on `client`. Run its statements with
+    /// [`PostgresStore::bounded`]. There is nothing to commit: dropping the transaction
+    /// rolls it back without waiting (tokio-postgres queues the `ROLLBACK` ahead of
+    /// anything the connection's next user sends).
+    async fn begin_read<'c>(
+        &self,
+        client: &'c mut deadpool_postgres::Object,
+    ) -> Result<deadpool_postgres::Transaction<'c>, ReadError> {
+        let timeout = self.read_statement_timeout;
+        client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| ReadError::Storage(error::read(e, timeout)))
+    }
+
+    /// Runs `read` (the statements of one read, in `tx`) under the read statement
+    /// timeout. The `SET LOCAL` is sent just ahead of `read`'s first statement, in the
+    /// same round trip, and lasts until the transaction ends.
+    async fn bounded<T>(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        read: impl std::future::Future<Output = Result<T, ReadError>>,
+    ) -> Result<T, ReadError> {
+        let timeout = self.read_statement_timeout;
+        let set = format!("SET LOCAL statement_timeout = {}", timeout.as_millis());
+        // Polled in this order, so the SET is sent before the read's first statement.
+        let (set, result) = tokio::join!(biased; tx.batch_execute(&set), read);
+        set.map_err(|e| ReadError::Storage(error::read(e, timeout)))?;
+        result
     }
 
     /// Runs an append, retrying it while the connection is broken or the server is
@@ -224,7 +297,21 @@ impl PostgresStore {
             {
                 if visible {
                     // Readers bound themselves by the oldest running transaction, which
-                    // is now newer than this one: they see it. Still wake the watchers.
+                    // is now newer than this one: they see it, and every position up to
+                    // its last event is final. Move the head there at once (only
+                    // forwards, as the watcher does), so that the caller's next look at
+                    // the head (a subscription from the end, a lag) covers its own
+                    // append; still wake the watchers.
+                    if let Some(last) = results.iter().filter_map(AppendResult::last_position).max()
+                    {
+                        self.head_sender.send_if_modified(|head| {
+                            let moved = *head < Some(last);
+                            if moved {
+                                *head = Some(last);
+                            }
+                            moved
+                        });
+                    }
                     self.wake_watchers();
                 } else {
                     self.wait_until_visible(&results).await;
@@ -324,41 +411,55 @@ impl EventStore for PostgresStore {
         options: ReadStreamOptions,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
         strata::stream::validate_name(stream, &self.limits)?;
-        let client = self.client().await?;
-        read::stream(&client, stream, options).await
+        let mut client = self.client().await?;
+        let tx = self.begin_read(&mut client).await?;
+        let timeout = self.read_statement_timeout;
+        self.bounded(&tx, read::stream(&tx, timeout, stream, options))
+            .await
     }
 
     async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, ReadError> {
-        let client = self.client().await?;
-        read::all(
-            &client,
+        let mut client = self.client().await?;
+        let tx = self.begin_read(&mut client).await?;
+        let timeout = self.read_statement_timeout;
+        let read = read::all(
+            &tx,
+            timeout,
             options.direction,
             options.from,
             options.limit,
             &options.filter,
-        )
-        .await
+        );
+        self.bounded(&tx, read).await
     }
 
     async fn list_streams(
         &self,
         options: ListStreamsOptions,
     ) -> Result<Vec<StreamInfo>, ReadError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let tx = self.begin_read(&mut client).await?;
+        let timeout = self.read_statement_timeout;
         let prefix = options.prefix.clone().unwrap_or_default();
         let after = options.after.clone().unwrap_or_default();
-        let limit = options.limit.map_or(i64::MAX, |l| l as i64);
-        let rows = client
-            .query(
-                "SELECT name, next_revision, metadata FROM strata_streams
+        let limit = i64::try_from(options.limit.unwrap_or(usize::MAX)).unwrap_or(i64::MAX);
+        let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&prefix, &after, &options.include_system, &limit];
+        let query = tx.query(
+            "SELECT name, next_revision, metadata FROM strata_streams
                  WHERE next_revision > 0 AND NOT tombstoned AND starts_with(name, $1) AND name > $2
                    AND ($3 OR NOT starts_with(name, '$'))
                    AND coalesce((metadata->>'$tb')::numeric, 0) <> 9223372036854775807
                  ORDER BY name COLLATE \"C\" LIMIT $4",
-                &[&prefix, &after, &options.include_system, &limit],
-            )
-            .await
-            .map_err(backend)?;
+            &parameters,
+        );
+        let rows = self
+            .bounded(&tx, async {
+                query
+                    .await
+                    .map_err(|e| ReadError::Storage(error::read(e, timeout)))
+            })
+            .await?;
         Ok(rows
             .iter()
             .map(|row| {
@@ -397,16 +498,26 @@ impl EventStore for PostgresStore {
         self.head.clone()
     }
 
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     async fn stats(&self) -> Result<StoreStats, ReadError> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT (SELECT count(*) FROM strata_events), (SELECT count(*) FROM strata_streams WHERE next_revision > 0),
-                        pg_total_relation_size('strata_events') + pg_total_relation_size('strata_streams')",
-                &[],
-            )
-            .await
-            .map_err(backend)?;
+        let mut client = self.client().await?;
+        let tx = self.begin_read(&mut client).await?;
+        let timeout = self.read_statement_timeout;
+        let query = tx.query_one(
+            "SELECT (SELECT count(*) FROM strata_events), (SELECT count(*) FROM strata_streams WHERE next_revision > 0),
+                    pg_total_relation_size('strata_events') + pg_total_relation_size('strata_streams')",
+            &[],
+        );
+        let row = self
+            .bounded(&tx, async {
+                query
+                    .await
+                    .map_err(|e| ReadError::Storage(error::read(e, timeout)))
+            })
+            .await?;
         Ok(StoreStats {
             events: row.get::<_, i64>(0) as u64,
             streams: row.get::<_, i64>(1) as u64,

@@ -1,7 +1,9 @@
 //! Reads: one stream (honouring its metadata) and the global log (below the safe bound).
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use deadpool_postgres::ClientWrapper as Client;
+use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
 use strata::{
@@ -9,7 +11,7 @@ use strata::{
     StreamMetadata, Timestamp,
 };
 
-use crate::error::backend;
+use crate::error;
 use crate::head::SAFE_BOUND_SQL;
 
 const COLUMNS: &str =
@@ -40,12 +42,15 @@ fn event(row: &Row) -> RecordedEvent {
     }
 }
 
-/// Reads one stream.
+/// Reads one stream, in `client` (a read transaction whose statements are cancelled
+/// after `timeout`).
 pub async fn stream(
-    client: &Client,
+    client: &Transaction<'_>,
+    timeout: Duration,
     name: &str,
     options: ReadStreamOptions,
 ) -> Result<Vec<RecordedEvent>, ReadError> {
+    let backend = |e| error::read(e, timeout);
     let not_found = || ReadError::StreamNotFound {
         stream: name.to_owned(),
     };
@@ -72,11 +77,12 @@ pub async fn stream(
     }
     let lowest = metadata.first_visible(len);
     let limit = options.limit.min(i64::MAX as usize) as i64;
-    // Max age is part of the query, so a page is never emptied by expired events.
+    // Max age is part of the query, so a page is never emptied by expired events. An
+    // age beyond the clock saturates (the cutoff is the epoch): it hides nothing.
     let cutoff = metadata.max_age.map_or(i64::MIN, |max_age| {
-        Timestamp::now()
-            .as_micros()
-            .saturating_sub(max_age.as_micros() as u64) as i64
+        let max_age = u64::try_from(max_age.as_micros()).unwrap_or(u64::MAX);
+        let cutoff = Timestamp::now().as_micros().saturating_sub(max_age);
+        i64::try_from(cutoff).unwrap_or(i64::MAX)
     });
     let rows = match options.direction {
         Direction::Forwards => {
@@ -105,14 +111,17 @@ pub async fn stream(
     Ok(rows.iter().map(event).collect())
 }
 
-/// Reads the global log below the safe bound, filtered, in pages.
+/// Reads the global log below the safe bound, filtered, in pages, in `client` (a read
+/// transaction whose statements are cancelled after `timeout`).
 pub async fn all(
-    client: &Client,
+    client: &Transaction<'_>,
+    timeout: Duration,
     direction: Direction,
     from: Option<Position>,
     limit: usize,
     filter: &Filter,
 ) -> Result<Vec<RecordedEvent>, ReadError> {
+    let backend = |e| error::read(e, timeout);
     let mut out = Vec::new();
     if limit == 0 {
         return Ok(out);

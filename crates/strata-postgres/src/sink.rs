@@ -155,7 +155,7 @@ impl PostgresSink {
         self.pool
             .get()
             .await
-            .map_err(|e| SinkError::storage(operation, pool_error(e)))
+            .map_err(|e| SinkError::storage(operation, pool_error(e, &self.pool)))
     }
 
     /// The document `key` of `projection`, if there is one.
@@ -333,7 +333,7 @@ async fn load(pool: &Pool, projection: &str, key: &str) -> Result<Option<Value>,
     let client = pool
         .get()
         .await
-        .map_err(|e| SinkError::storage("read", pool_error(e)))?;
+        .map_err(|e| SinkError::storage("read", pool_error(e, pool)))?;
     let statement = client
         .prepare_cached(
             "SELECT value FROM strata_projection_documents WHERE projection = $1 AND key = $2",

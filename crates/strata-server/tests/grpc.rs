@@ -27,8 +27,13 @@ struct Running {
 }
 
 async fn start(options: ServerOptions) -> Running {
+    start_on(options, strata::Options::default()).await
+}
+
+/// A server over a store opened with `store_options` (its limits, say).
+async fn start_on(options: ServerOptions, store_options: strata::Options) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let store = strata::Store::open(dir.path()).unwrap();
+    let store = strata::Store::open_with(dir.path(), store_options).unwrap();
     let options = ServerOptions {
         grpc: Some("127.0.0.1:0".parse().unwrap()),
         http: None,
@@ -378,6 +383,316 @@ async fn load_every_acknowledged_event_reaches_every_subscriber_once_in_order() 
         );
         assert_eq!(seen, acknowledged, "exactly the acknowledged events");
     }
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
+/// The next message of a Read call, failing the test if none comes.
+async fn next_read_message(
+    stream: &mut tonic::Streaming<strata_server::proto::event_store::client::streams::ReadResp>,
+) -> read_resp::Content {
+    tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("a message arrives")
+        .unwrap()
+        .expect("the call goes on")
+        .content
+        .expect("a message has content")
+}
+
+/// Issue 11: a subscription from revision (or commit position) `u64::MAX` wrapped `+ 1`
+/// to 0 and replayed the whole stream. Nothing can follow `u64::MAX`: the subscription
+/// is confirmed, catches up at once, and delivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_after_u64_max_deliver_nothing() {
+    let running = start(ServerOptions::default()).await;
+    let mut client = client(running.addr).await;
+    for n in 0..3 {
+        append_one(&mut client, "max-1", n).await;
+    }
+    let requests = [
+        requests::subscribe_stream("max-1", strata::SubscribeFrom::After(u64::MAX)),
+        requests::subscribe_all(strata::SubscribeFrom::After(strata::Position(u64::MAX))),
+        // The reference: a subscription that does get the next event.
+        requests::subscribe_stream("max-1", strata::SubscribeFrom::After(2)),
+    ];
+    let mut calls = Vec::new();
+    for request in requests {
+        let mut call = client.read(request).await.unwrap().into_inner();
+        assert!(matches!(
+            next_read_message(&mut call).await,
+            read_resp::Content::Confirmation(_)
+        ));
+        let caught_up = next_read_message(&mut call).await;
+        assert!(
+            matches!(caught_up, read_resp::Content::CaughtUp(_)),
+            "caught up before any event, got {caught_up:?}"
+        );
+        calls.push(call);
+    }
+    append_one(&mut client, "max-1", 3).await;
+    let mut reference = calls.pop().unwrap();
+    match next_read_message(&mut reference).await {
+        read_resp::Content::Event(event) => {
+            assert_eq!(event.event.unwrap().stream_revision, 3);
+        }
+        other => panic!("the reference subscription gets the new event, got {other:?}"),
+    }
+    for mut call in calls {
+        let nothing = tokio::time::timeout(Duration::from_millis(300), call.message()).await;
+        assert!(
+            nothing.is_err(),
+            "nothing follows u64::MAX, got {nothing:?}"
+        );
+    }
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
+/// Longest a test waits for an answer that must come (a guard against hangs, not a
+/// performance assertion).
+const HANG_GUARD: Duration = Duration::from_secs(30);
+
+/// Issue 11: `Append` collected every message of the call before checking the store's
+/// limits. It is refused at the first event over a limit, with the answer the store
+/// gives: the client's stream below never ends, so only an early refusal answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_over_the_limits_are_refused_while_they_arrive() {
+    use tokio_stream::StreamExt as _;
+    let running = start(ServerOptions::default()).await;
+    let mut client = client(running.addr).await;
+    let max = strata::Limits::default().append_events_max;
+    // More events than one append may hold, then a client that never finishes.
+    let messages = tokio_stream::iter(
+        std::iter::once(options("many-1"))
+            .chain((0..=max).map(|_| proposed(Some("E"), b"{}".to_vec()))),
+    )
+    .chain(tokio_stream::pending());
+    let status = tokio::time::timeout(HANG_GUARD, client.append(messages))
+        .await
+        .expect("refused before the client finished sending")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains(&format!("the limit is {max}")),
+        "{}",
+        status.message()
+    );
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+
+    // Over the size of one append: KurrentDB's maximum-append-size answer.
+    let store_options = strata::Options::small_for_tests();
+    let limits = store_options.limits.clone();
+    let running = start_on(ServerOptions::default(), store_options).await;
+    let mut client = crate::client(running.addr).await;
+    let each = limits.event_size_bytes_max - 100;
+    let messages = tokio_stream::iter(
+        std::iter::once(options("big-1")).chain(
+            (0..limits.append_size_bytes_max / each + 1)
+                .map(move |_| proposed(Some("E"), vec![b'1'; each])),
+        ),
+    )
+    .chain(tokio_stream::pending());
+    let status = tokio::time::timeout(HANG_GUARD, client.append(messages))
+        .await
+        .expect("refused before the client finished sending")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status.metadata().get("exception").unwrap(),
+        "maximum-append-size-exceeded"
+    );
+    assert_eq!(
+        status.metadata().get("maximum-append-size").unwrap(),
+        limits.append_size_bytes_max.to_string().as_str()
+    );
+    // Nothing of either was written, and the server goes on serving.
+    let mut reader = client;
+    assert!(append_one(&mut reader, "big-1", 0).await > 0);
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
+/// The v2 `AppendSession` is refused at its first stream or record over the limits,
+/// while the client is still sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_sessions_over_the_limits_are_refused_while_they_arrive() {
+    use strata_server::proto::kurrentdb::protocol::v2::streams::streams_service_client::StreamsServiceClient;
+    use strata_server::proto::kurrentdb::protocol::v2::streams::{
+        AppendRecord, AppendRequest, SchemaFormat, SchemaInfo,
+    };
+    use tokio_stream::StreamExt as _;
+    let store_options = strata::Options::small_for_tests();
+    let limits = store_options.limits.clone();
+    let running = start_on(ServerOptions::default(), store_options).await;
+    let mut client = StreamsServiceClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    let record = || AppendRecord {
+        record_id: None,
+        properties: HashMap::new(),
+        schema: Some(SchemaInfo {
+            format: SchemaFormat::Json as i32,
+            name: "E".into(),
+            id: None,
+        }),
+        data: b"{}".to_vec(),
+        stream: String::new(),
+    };
+    let request = move |stream: String, records: usize| AppendRequest {
+        stream,
+        records: (0..records).map(|_| record()).collect(),
+        expected_revision: None,
+    };
+    // One stream more than a multi-stream append may name.
+    let streams = limits.append_streams_max;
+    let messages = tokio_stream::iter((0..=streams).map(move |i| request(format!("v2s-{i}"), 1)))
+        .chain(tokio_stream::pending());
+    let status = tokio::time::timeout(HANG_GUARD, client.append_session(messages))
+        .await
+        .expect("refused before the client finished sending")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("the limit is {streams}")),
+        "{}",
+        status.message()
+    );
+    // More records, over two streams, than one append may hold.
+    let half = limits.append_events_max / 2 + 1;
+    let messages = tokio_stream::iter((0..2).map(move |i| request(format!("v2e-{i}"), half)))
+        .chain(tokio_stream::pending());
+    let status = tokio::time::timeout(HANG_GUARD, client.append_session(messages))
+        .await
+        .expect("refused before the client finished sending")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("the limit is {}", limits.append_events_max)),
+        "{}",
+        status.message()
+    );
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
+/// `BatchAppend` bounds what one call holds: the open batches together may not exceed
+/// the store's append size limit, and the batch that would is refused with
+/// `MaximumAppendSizeExceeded` (before, each of up to 1 024 open batches could hold up
+/// to 64 MiB). The call goes on serving the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_appends_bound_the_bytes_one_call_holds() {
+    use prost::Message as _;
+    use strata_server::proto::event_store::client::streams::batch_append_req::{
+        options::ExpectedStreamPosition, Options as BatchOptions, ProposedMessage,
+    };
+    use strata_server::proto::event_store::client::streams::{batch_append_resp, BatchAppendReq};
+    use strata_server::proto::event_store::client::MaximumAppendSizeExceeded;
+    let store_options = strata::Options::small_for_tests();
+    let limits = store_options.limits.clone();
+    let running = start_on(ServerOptions::default(), store_options).await;
+    let mut client = client(running.addr).await;
+    let (requests, outgoing) = tokio::sync::mpsc::channel::<BatchAppendReq>(16);
+    let mut responses = client
+        .batch_append(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    // Each batch alone is well under the limit; three open at once are over it.
+    let each = limits.append_size_bytes_max * 2 / 5;
+    let message =
+        |correlation: &ProtoUuid, stream: &str, data: Option<usize>, is_final| BatchAppendReq {
+            correlation_id: Some(correlation.clone()),
+            options: Some(BatchOptions {
+                stream_identifier: Some(StreamIdentifier {
+                    stream_name: stream.as_bytes().to_vec(),
+                }),
+                expected_stream_position: Some(ExpectedStreamPosition::Any(())),
+                deadline_option: None,
+            }),
+            proposed_messages: data
+                .map(|size| ProposedMessage {
+                    id: Some(id()),
+                    metadata: HashMap::from([
+                        ("type".to_owned(), "E".to_owned()),
+                        (
+                            "content-type".to_owned(),
+                            "application/octet-stream".to_owned(),
+                        ),
+                    ]),
+                    custom_metadata: Vec::new(),
+                    data: vec![b'x'; size],
+                })
+                .into_iter()
+                .collect(),
+            is_final,
+        };
+    let batches: Vec<ProtoUuid> = (0..3).map(|_| id()).collect();
+    for (i, correlation) in batches.iter().enumerate() {
+        let stream = format!("batch-{i}");
+        requests
+            .send(message(correlation, &stream, Some(each), false))
+            .await
+            .unwrap();
+    }
+    for (i, correlation) in batches.iter().enumerate() {
+        let stream = format!("batch-{i}");
+        requests
+            .send(message(correlation, &stream, None, true))
+            .await
+            .unwrap();
+    }
+    let mut results = HashMap::new();
+    while results.len() < 3 {
+        let response = tokio::time::timeout(HANG_GUARD, responses.message())
+            .await
+            .expect("every batch is answered")
+            .unwrap()
+            .unwrap();
+        let key = format!("{:?}", response.correlation_id);
+        results.insert(key, response.result.unwrap());
+    }
+    for (i, correlation) in batches.iter().enumerate() {
+        let result = &results[&format!("{:?}", Some(correlation.clone()))];
+        match (i, result) {
+            (0 | 1, batch_append_resp::Result::Success(_)) => {}
+            (2, batch_append_resp::Result::Error(status)) => {
+                assert_eq!(status.code, Code::InvalidArgument as i32, "{status:?}");
+                let detail = status.details.as_ref().unwrap();
+                assert_eq!(
+                    detail.type_url,
+                    "type.googleapis.com/event_store.client.MaximumAppendSizeExceeded"
+                );
+                let decoded = MaximumAppendSizeExceeded::decode(detail.value.as_slice()).unwrap();
+                assert_eq!(
+                    decoded.max_append_size as usize,
+                    limits.append_size_bytes_max
+                );
+            }
+            other => panic!("batch {i}: unexpected {other:?}"),
+        }
+    }
+    // The call goes on: the room of the finished batches is free again.
+    let next = id();
+    requests
+        .send(message(&next, "batch-3", Some(each), true))
+        .await
+        .unwrap();
+    let response = tokio::time::timeout(HANG_GUARD, responses.message())
+        .await
+        .expect("the next batch is answered")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(response.result, Some(batch_append_resp::Result::Success(_))),
+        "{response:?}"
+    );
+    drop(requests);
     running.stop.send(()).unwrap();
     running.task.await.unwrap().unwrap();
 }

@@ -503,6 +503,91 @@ async fn metadata_round_trips_and_max_count_limits_reads() {
     server.shutdown().await;
 }
 
+/// Issue 11: an append body was parsed whole (millions of tiny events built) before its
+/// event count was checked. Parsing stops at the first event over the limit: what
+/// follows it is never read, so even a malformed tail gets the 413.
+#[tokio::test]
+async fn append_bodies_stop_parsing_at_the_first_event_over_the_limit() {
+    let mut server = start().await;
+    let max = strata::Limits::default().append_events_max;
+    let one = r#"{"type":"E","data":0}"#;
+    let mut body = String::from("[");
+    body.push_str(&vec![one; max + 1].join(","));
+    body.push_str(", and never valid JSON after the event too many");
+    let (status, answer) = server.call(Method::POST, "/streams/many-1", &body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(error_code(&answer), "too_many_events");
+    // The same count over the parts of a multi-stream append, and too many parts.
+    let part = |stream: &str, events: usize| {
+        format!(
+            r#"{{"stream":"{stream}","events":[{}]}}"#,
+            vec![one; events].join(",")
+        )
+    };
+    let body = format!(
+        r#"{{"appends":[{},{}]}}"#,
+        part("many-2", max / 2 + 1),
+        part("many-3", max / 2)
+    );
+    let (status, answer) = server.call(Method::POST, "/streams", &body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(error_code(&answer), "too_many_events");
+    let streams = strata::Limits::default().append_streams_max;
+    let parts: Vec<String> = (0..=streams).map(|i| part(&format!("s-{i}"), 1)).collect();
+    let body = format!(r#"{{"appends":[{}]}}"#, parts.join(","));
+    let (status, answer) = server.call(Method::POST, "/streams", &body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(error_code(&answer), "too_many_streams");
+    // At the limit, the append goes through.
+    let mut body = String::from("[");
+    body.push_str(&vec![one; max].join(","));
+    body.push(']');
+    let (status, answer) = server.call(Method::POST, "/streams/many-1", &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["last_revision"], max - 1);
+    server.shutdown().await;
+}
+
+/// Issue 11: one read of a stream with 60 000 events hidden by `$maxAge` overflowed the
+/// server's stack (the engine recursed once per page of expired events).
+#[tokio::test]
+async fn reads_past_many_expired_events_do_not_crash_the_server() {
+    let mut server = start().await;
+    let batch: Vec<Value> = (0..20_000).map(|i| event("E", json!(i))).collect();
+    for _ in 0..3 {
+        server.append("aging-1", Value::Array(batch.clone())).await;
+    }
+    let (status, body) = server
+        .call(Method::PUT, "/streams/aging-1/metadata", "{\"$maxAge\": 1}")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    server.append("aging-1", event("E", json!("fresh"))).await;
+    for path in [
+        "/streams/aging-1?limit=1",
+        "/streams/aging-1?limit=1&from=100",
+        "/streams/aging-1?direction=backwards",
+    ] {
+        let (status, page) = server.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {page}");
+        let revisions: Vec<u64> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["revision"].as_u64().unwrap())
+            .collect();
+        assert_eq!(revisions, vec![60_000], "{path}");
+    }
+    let response = server
+        .send(Method::GET, "/streams/aging-1/live?from=start", "", &[])
+        .await;
+    let mut live = LiveReader::new(response);
+    assert_eq!(revisions(&live.events(1).await), vec![60_000]);
+    live.expect("caught_up").await;
+    drop(live);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn streams_are_listed_and_stats_counted() {
     let mut server = start().await;
@@ -733,6 +818,60 @@ async fn ndjson_live_stream_catches_up_goes_live_and_resumes() {
     server.append("live-1", event("E", json!(5))).await;
     assert_eq!(revisions(&end.events(1).await), vec![5]);
     drop((resumed, from, end));
+    server.shutdown().await;
+}
+
+/// Issue 11: a live stream from the end (the default) opened on an empty store missed
+/// the stream's first event.
+#[tokio::test]
+async fn live_stream_from_the_end_on_an_empty_store_gets_the_first_event() {
+    let mut server = start().await;
+    let response = server.send(Method::GET, "/streams/x/live", "", &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut live = LiveReader::new(response);
+    live.expect("caught_up").await;
+    server.append("x", event("E", json!(0))).await;
+    server.append("x", event("E", json!(1))).await;
+    // Heartbeats keep the reader waiting: bound the whole wait.
+    let delivered = tokio::time::timeout(HANG_GUARD, live.events(2))
+        .await
+        .expect("both events are delivered");
+    assert_eq!(revisions(&delivered), vec![0, 1]);
+    drop(live);
+    server.shutdown().await;
+}
+
+/// Issue 11: `Last-Event-ID: 18446744073709551615` wrapped `+ 1` to 0 and replayed the
+/// whole stream (or log). Nothing can follow `u64::MAX`: caught up at once, no event.
+#[tokio::test]
+async fn live_streams_after_u64_max_deliver_nothing() {
+    let mut server = start().await;
+    for i in 0..3 {
+        server.append("max-1", event("E", json!(i))).await;
+    }
+    let last = u64::MAX.to_string();
+    for path in ["/streams/max-1/live", "/streams/$all/live"] {
+        let response = server
+            .send(Method::GET, path, "", &[("last-event-id", last.as_str())])
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let mut live = LiveReader::new(response);
+        live.expect("caught_up").await;
+        drop(live);
+    }
+    // The one past the last event is still served as "after it".
+    let response = server
+        .send(
+            Method::GET,
+            "/streams/max-1/live",
+            "",
+            &[("last-event-id", "1")],
+        )
+        .await;
+    let mut live = LiveReader::new(response);
+    assert_eq!(revisions(&live.events(1).await), vec![2]);
+    live.expect("caught_up").await;
+    drop(live);
     server.shutdown().await;
 }
 

@@ -38,8 +38,10 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@each $factory;
             append_and_read_back, expected_revision_checks, idempotent_retries,
             multi_stream_appends_are_atomic, read_all_order_and_filters, metadata_rules,
-            max_age_hides_old_events, soft_delete_and_revival, tombstone_is_final, list_streams,
+            max_age_hides_old_events, huge_max_age_hides_nothing, soft_delete_and_revival, tombstone_is_final, list_streams,
             invalid_input_is_rejected, stream_subscription_catches_up_then_goes_live,
+            stream_subscription_from_the_end_gets_every_later_event,
+            subscriptions_after_the_last_possible_revision_get_nothing,
             all_subscription_filters_and_resumes, racing_writers_get_one_winner_per_revision);
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
@@ -660,6 +662,36 @@ pub async fn max_age_hides_old_events(h: &Harness) {
     assert_eq!(live.unwrap().revision, 601);
 }
 
+/// A `$maxAge` too large to subtract from the clock hides nothing: every backend
+/// saturates instead of truncating it (issue 11: PostgreSQL cast the microseconds of
+/// 76 480 200 929 599 801 seconds to 64 and hid every event).
+pub async fn huge_max_age_hides_nothing(h: &Harness) {
+    let store = &h.store;
+    let stream = unique("conf-");
+    store
+        .append(&stream, ExpectedRevision::NoStream, events(3))
+        .await
+        .unwrap();
+    // 76 480 200 929 599 801 s is 2^64 + 64 µs: truncated to 64 bits, 64 µs.
+    for seconds in [76_480_200_929_599_801, i64::MAX as u64, u64::MAX] {
+        let metadata = StreamMetadata {
+            max_age: Some(Duration::from_secs(seconds)),
+            ..StreamMetadata::default()
+        };
+        store
+            .set_stream_metadata(&stream, ExpectedRevision::Any, &metadata)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(read(store, &stream).await.len(), 3, "$maxAge {seconds}");
+        let back = store
+            .read_stream(&stream, ReadStreamOptions::backwards())
+            .await
+            .unwrap();
+        assert_eq!(back.len(), 3, "$maxAge {seconds}, backwards");
+    }
+}
+
 pub async fn soft_delete_and_revival(h: &Harness) {
     let store = &h.store;
     let stream = unique("conf-");
@@ -997,6 +1029,108 @@ pub async fn stream_subscription_catches_up_then_goes_live(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(from_end.next_event().await.unwrap().revision, 1001);
+}
+
+/// The next event of a subscription, failing the test if it stalls.
+async fn next_event_soon(subscription: &mut crate::Subscription) -> RecordedEvent {
+    tokio::time::timeout(Duration::from_secs(10), subscription.next_event())
+        .await
+        .expect("the subscription delivers the event")
+        .unwrap()
+}
+
+/// "From the end" means the events recorded after the subscription was created, even
+/// when it first reads after some were (issue 11: a subscription to a stream that did
+/// not exist yet missed the stream's first event).
+pub async fn stream_subscription_from_the_end_gets_every_later_event(h: &Harness) {
+    let store = &h.store;
+    // A stream that does not exist yet, the subscription reading only after two appends.
+    let fresh = unique("conf-end-");
+    let mut lazy = store.subscribe_stream(&fresh, SubscribeFrom::End);
+    for _ in 0..2 {
+        store
+            .append(&fresh, ExpectedRevision::Any, events(1))
+            .await
+            .unwrap();
+    }
+    assert_eq!(next_event_soon(&mut lazy).await.revision, 0);
+    assert_eq!(next_event_soon(&mut lazy).await.revision, 1);
+    // The same, having caught up first (what a live HTTP stream does).
+    let other = unique("conf-end-");
+    let mut eager = store.subscribe_stream(&other, SubscribeFrom::End);
+    assert_eq!(eager.next().await.unwrap(), SubscriptionMessage::CaughtUp);
+    for _ in 0..2 {
+        store
+            .append(&other, ExpectedRevision::Any, events(1))
+            .await
+            .unwrap();
+    }
+    assert_eq!(next_event_soon(&mut eager).await.revision, 0);
+    assert_eq!(next_event_soon(&mut eager).await.revision, 1);
+    // A stream with history: only what follows it, even past a chunk of new events.
+    store
+        .append(&fresh, ExpectedRevision::Exact(1), events(3))
+        .await
+        .unwrap();
+    let mut existing = store.subscribe_stream(&fresh, SubscribeFrom::End);
+    for _ in 0..10 {
+        store
+            .append(&fresh, ExpectedRevision::Any, events(60))
+            .await
+            .unwrap();
+    }
+    for revision in 5..605 {
+        assert_eq!(next_event_soon(&mut existing).await.revision, revision);
+    }
+    // `$all` from the end: the events recorded after it was created.
+    let category = unique("confend");
+    let filter = Filter::new().category(&category);
+    let mut all = store.subscribe_all(SubscribeFrom::End, filter);
+    let stream = format!("{category}-1");
+    let written = store
+        .append(&stream, ExpectedRevision::NoStream, events(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event_soon(&mut all).await.position,
+        written.positions[0]
+    );
+    assert_eq!(
+        next_event_soon(&mut all).await.position,
+        written.positions[1]
+    );
+}
+
+/// Nothing can follow `u64::MAX`: a subscription after it delivers no event, rather
+/// than wrapping around to the start (issue 11).
+pub async fn subscriptions_after_the_last_possible_revision_get_nothing(h: &Harness) {
+    let store = &h.store;
+    let stream = unique("conf-max-");
+    store
+        .append(&stream, ExpectedRevision::NoStream, events(3))
+        .await
+        .unwrap();
+    let mut by_revision = store.subscribe_stream(&stream, SubscribeFrom::After(u64::MAX));
+    let mut by_position =
+        store.subscribe_all(SubscribeFrom::After(Position(u64::MAX)), Filter::new());
+    let mut reference = store.subscribe_stream(&stream, SubscribeFrom::After(2));
+    for subscription in [&mut by_revision, &mut by_position, &mut reference] {
+        let first = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("not stalled")
+            .unwrap();
+        assert_eq!(first, SubscriptionMessage::CaughtUp);
+    }
+    store
+        .append(&stream, ExpectedRevision::Exact(2), events(1))
+        .await
+        .unwrap();
+    // Once the reference subscription has the new event, the others would have it too.
+    assert_eq!(next_event_soon(&mut reference).await.revision, 3);
+    for subscription in [&mut by_revision, &mut by_position] {
+        let nothing = tokio::time::timeout(Duration::from_millis(300), subscription.next()).await;
+        assert!(nothing.is_err(), "nothing is delivered, got {nothing:?}");
+    }
 }
 
 pub async fn all_subscription_filters_and_resumes(h: &Harness) {

@@ -7,6 +7,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -181,18 +182,32 @@ pub enum StorageError {
         /// succeed if tried again (an append with the same event ids is recognised).
         transient: bool,
     },
+    /// A server backend (PostgreSQL) did not serve the operation within a time limit:
+    /// no pooled connection became free in time (the store is busy), or a statement
+    /// ran longer than it may (a read too large for the time allowed). Nothing was
+    /// written; trying again later, or reading less at a time, may succeed.
+    #[error("{backend}: {operation} took longer than the {limit:?} allowed")]
+    Timeout {
+        /// Which backend.
+        backend: &'static str,
+        /// What timed out (`waiting for a free connection`, `a read statement`, …).
+        operation: &'static str,
+        /// The limit that was reached.
+        limit: Duration,
+    },
 }
 
 impl StorageError {
     /// Whether the failure may pass by itself (a server backend that could not be
-    /// reached), so that trying again later is the right response.
+    /// reached, or was too busy to answer in time), so that trying again later is the
+    /// right response.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             StorageError::Backend {
                 transient: true,
                 ..
-            }
+            } | StorageError::Timeout { .. }
         )
     }
 

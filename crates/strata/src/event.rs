@@ -20,9 +20,17 @@ impl Position {
     /// The position of the first event the log can hold.
     pub const START: Position = Position(0);
 
-    /// The position right after this one.
+    /// The position right after this one. Saturates at `u64::MAX`, which no store
+    /// reaches; for a position a client gave, use [`Position::checked_next`], since
+    /// nothing can follow `u64::MAX`.
     pub fn next(self) -> Position {
-        Position(self.0 + 1)
+        Position(self.0.saturating_add(1))
+    }
+
+    /// The position right after this one, or `None` after `u64::MAX`: nothing can
+    /// follow it (wrapping to 0 would replay the whole log).
+    pub fn checked_next(self) -> Option<Position> {
+        self.0.checked_add(1).map(Position)
     }
 }
 

@@ -12,6 +12,7 @@ use crate::engine::{Engine, Options};
 use crate::error::{AppendError, OpenError, ReadError};
 use crate::event::{EventData, Position, RecordedEvent};
 use crate::filter::Filter;
+use crate::limits::Limits;
 use crate::metadata::StreamMetadata;
 use crate::revision::{CurrentRevision, ExpectedRevision};
 use crate::subscription::{SubscribeFrom, Subscription};
@@ -280,6 +281,10 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Counts and sizes.
     async fn stats(&self) -> Result<StoreStats, ReadError>;
+
+    /// The limits appends are checked against, so that a server can refuse an append
+    /// over them while it is still arriving (see [`AppendBudget`](crate::validate::AppendBudget)).
+    fn limits(&self) -> &Limits;
 }
 
 /// A handle to an event store: the embedded engine by default, or any [`EventStore`].
@@ -353,6 +358,11 @@ impl Store {
             Some(engine) => Arc::strong_count(engine).saturating_sub(2),
             None => Arc::strong_count(&self.backend).saturating_sub(1),
         }
+    }
+
+    /// The limits appends are checked against.
+    pub fn limits(&self) -> &Limits {
+        self.backend.limits()
     }
 
     /// The embedded engine, if this store is embedded (for its open report, `verify`, …).

@@ -25,9 +25,12 @@ pub enum SubscribeFrom<T> {
     /// From the first event.
     Start,
     /// After this position (for `$all`) or revision (for a stream): resume here with the
-    /// last one you processed.
+    /// last one you processed. Nothing can follow `u64::MAX`: such a subscription
+    /// delivers no event.
     After(T),
-    /// Only events recorded after the subscription starts.
+    /// Only events recorded after the subscription was created: those whose position
+    /// is after the head of the log at that moment (for a stream too, whatever its
+    /// events' revisions turn out to be).
     End,
 }
 
@@ -43,8 +46,37 @@ pub enum SubscriptionMessage {
 }
 
 enum Target {
-    All { filter: Filter, next: Position },
-    Stream { name: String, next: Option<u64> },
+    /// `$all`, filtered; `next` is the position to read from, `None` if nothing can
+    /// follow (subscribed after `u64::MAX`).
+    All {
+        filter: Filter,
+        next: Option<Position>,
+    },
+    /// One stream.
+    Stream { name: String, next: StreamNext },
+}
+
+/// Where a stream subscription reads next.
+#[derive(Clone, Copy, Debug)]
+enum StreamNext {
+    /// From this revision (inclusive).
+    Revision(u64),
+    /// Subscribed from the end: the first event to deliver is the stream's first one
+    /// whose position is after this head, captured when the subscription was created
+    /// (`None`: the log was empty, every event is new). Resolved into a revision at the
+    /// first read, which only happens once the head moved past it.
+    AfterHead(Option<Position>),
+    /// Subscribed after `u64::MAX`: no revision can follow.
+    Never,
+}
+
+impl StreamNext {
+    /// The revision after `revision`, without wrapping.
+    fn after(revision: u64) -> StreamNext {
+        revision
+            .checked_add(1)
+            .map_or(StreamNext::Never, StreamNext::Revision)
+    }
 }
 
 /// A catch-up subscription, read with [`Subscription::next`].
@@ -75,16 +107,19 @@ impl Subscription {
     ) -> Subscription {
         let head = store.watch_head();
         let current = *head.borrow();
-        let next = match from {
-            SubscribeFrom::Start => Position::START,
-            SubscribeFrom::After(position) => position.next(),
-            SubscribeFrom::End => current.map_or(Position::START, Position::next),
+        let (next, scanned_through) = match from {
+            SubscribeFrom::Start => (Some(Position::START), None),
+            SubscribeFrom::After(position) => (position.checked_next(), Some(position)),
+            SubscribeFrom::End => (
+                current.map_or(Some(Position::START), Position::checked_next),
+                current,
+            ),
         };
         Subscription {
             store,
             target: Target::All { filter, next },
             head,
-            scanned_through: next.0.checked_sub(1).map(Position),
+            scanned_through,
             buffer: VecDeque::new(),
             caught_up_sent: false,
         }
@@ -96,10 +131,16 @@ impl Subscription {
         from: SubscribeFrom<u64>,
     ) -> Subscription {
         let head = store.watch_head();
-        let next = match from {
-            SubscribeFrom::Start => Some(0),
-            SubscribeFrom::After(revision) => Some(revision + 1),
-            SubscribeFrom::End => None,
+        let current = *head.borrow();
+        // For a stream, `scanned_through` is a position of the log: what is at or below
+        // it has been read, or is not to be delivered.
+        let (next, scanned_through) = match from {
+            SubscribeFrom::Start => (StreamNext::Revision(0), None),
+            SubscribeFrom::After(revision) => match StreamNext::after(revision) {
+                StreamNext::Never => (StreamNext::Never, Some(Position(u64::MAX))),
+                next => (next, None),
+            },
+            SubscribeFrom::End => (StreamNext::AfterHead(current), current),
         };
         Subscription {
             store,
@@ -108,7 +149,7 @@ impl Subscription {
                 next,
             },
             head,
-            scanned_through: None,
+            scanned_through,
             buffer: VecDeque::new(),
             caught_up_sent: false,
         }
@@ -154,13 +195,16 @@ impl Subscription {
     async fn fetch(&mut self) -> Result<bool, ReadError> {
         match &mut self.target {
             Target::All { filter, next } => {
+                let Some(from) = *next else {
+                    return Ok(true);
+                };
                 let options = ReadAllOptions::forwards()
-                    .from_position(*next)
+                    .from_position(from)
                     .limit(CHUNK_EVENTS)
                     .filter(filter.clone());
                 let events = self.store.read_all(options).await?;
                 if let Some(last) = events.last() {
-                    *next = last.position.next();
+                    *next = last.position.checked_next();
                     self.scanned_through = Some(last.position);
                 }
                 let complete = events.len() < CHUNK_EVENTS;
@@ -169,17 +213,15 @@ impl Subscription {
             }
             Target::Stream { name, next } => {
                 let from = match *next {
-                    Some(revision) => revision,
-                    None => {
-                        let last = read_or_empty(
-                            &*self.store,
-                            name,
-                            ReadStreamOptions::backwards().limit(1),
-                        )
-                        .await?;
-                        let start = last.first().map_or(0, |event| event.revision + 1);
-                        *next = Some(start);
-                        return Ok(true);
+                    StreamNext::Revision(revision) => revision,
+                    StreamNext::Never => return Ok(true),
+                    StreamNext::AfterHead(head) => {
+                        let resolved = first_revision_after(&*self.store, name, head).await?;
+                        *next = resolved;
+                        match resolved {
+                            StreamNext::Revision(revision) => revision,
+                            _ => return Ok(true),
+                        }
                     }
                 };
                 let options = ReadStreamOptions::forwards()
@@ -187,12 +229,48 @@ impl Subscription {
                     .limit(CHUNK_EVENTS);
                 let events = read_or_empty(&*self.store, name, options).await?;
                 if let Some(last) = events.last() {
-                    *next = Some(last.revision + 1);
+                    *next = StreamNext::after(last.revision);
                 }
                 let complete = events.len() < CHUNK_EVENTS;
                 self.buffer.extend(events);
                 Ok(complete)
             }
+        }
+    }
+}
+
+/// Where a stream subscription from the end starts: at the stream's first event whose
+/// position is after `head` (the head when the subscription was created).
+///
+/// Walks the stream backwards from its end to the newest event at or before `head`.
+/// Only the events recorded since the subscription was created are read, and they are
+/// about to be delivered anyway.
+async fn first_revision_after(
+    store: &dyn EventStore,
+    stream: &str,
+    head: Option<Position>,
+) -> Result<StreamNext, ReadError> {
+    let Some(head) = head else {
+        // The log was empty: every event of the stream is new.
+        return Ok(StreamNext::Revision(0));
+    };
+    let mut from = None;
+    loop {
+        let mut options = ReadStreamOptions::backwards().limit(CHUNK_EVENTS);
+        options.from = from;
+        let events = read_or_empty(store, stream, options).await?;
+        if let Some(old) = events.iter().find(|event| event.position <= head) {
+            return Ok(StreamNext::after(old.revision));
+        }
+        match events.last() {
+            Some(last) if events.len() == CHUNK_EVENTS && last.revision > 0 => {
+                from = Some(last.revision - 1);
+            }
+            // Every visible event is new; start at the oldest (lower revisions are
+            // hidden, and were recorded before it).
+            Some(last) => return Ok(StreamNext::Revision(last.revision)),
+            // The stream has no visible event yet: whatever comes is new.
+            None => return Ok(StreamNext::Revision(0)),
         }
     }
 }

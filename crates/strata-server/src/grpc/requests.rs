@@ -19,8 +19,8 @@ use strata::{EventData, ExpectedRevision, Position, SubscribeFrom};
 use crate::grpc::convert;
 use crate::proto::event_store::client::streams::append_req::options::ExpectedStreamRevision;
 use crate::proto::event_store::client::streams::read_req::options::{
-    all_options::AllOption, AllOptions, CountOption, FilterOption, ReadDirection, StreamOption,
-    SubscriptionOptions,
+    all_options::AllOption, stream_options::RevisionOption, AllOptions, CountOption, FilterOption,
+    ReadDirection, StreamOption, StreamOptions, SubscriptionOptions,
 };
 use crate::proto::event_store::client::streams::read_req::{self, Options};
 use crate::proto::event_store::client::streams::{append_req, AppendReq, ReadReq};
@@ -80,6 +80,30 @@ pub fn subscribe_all(from: SubscribeFrom<Position>) -> ReadReq {
         options: Some(Options {
             stream_option: Some(StreamOption::All(AllOptions {
                 all_option: Some(all_option),
+            })),
+            read_direction: ReadDirection::Forwards as i32,
+            resolve_links: false,
+            count_option: Some(CountOption::Subscription(SubscriptionOptions {})),
+            filter_option: Some(FilterOption::NoFilter(Empty {})),
+            uuid_option: None,
+            control_option: None,
+        }),
+    }
+}
+
+/// A `Streams.Read` that subscribes to one stream, from its start, after a revision, or
+/// from the end.
+pub fn subscribe_stream(stream: &str, from: SubscribeFrom<u64>) -> ReadReq {
+    let revision_option = match from {
+        SubscribeFrom::Start => RevisionOption::Start(Empty {}),
+        SubscribeFrom::End => RevisionOption::End(Empty {}),
+        SubscribeFrom::After(revision) => RevisionOption::Revision(revision),
+    };
+    ReadReq {
+        options: Some(Options {
+            stream_option: Some(StreamOption::Stream(StreamOptions {
+                stream_identifier: Some(convert::stream_identifier(stream)),
+                revision_option: Some(revision_option),
             })),
             read_direction: ReadDirection::Forwards as i32,
             resolve_links: false,

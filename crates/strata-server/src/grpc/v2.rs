@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use prost::Message;
+use strata::validate::AppendBudget;
 use strata::{
     AppendError, AppendRequest, ContentType, CurrentRevision, EventData, ExpectedRevision,
     InvalidInput,
@@ -274,7 +275,29 @@ impl StreamsService for V2StreamsService {
     ) -> Result<Response<AppendSessionResponse>, Status> {
         let mut incoming = request.into_inner();
         let mut requests: Vec<AppendRequest> = Vec::new();
+        // The store's limits, checked as the requests arrive: a session over them is
+        // refused at its first stream or record too many, with the answer the store
+        // would give, instead of being held whole first.
+        let limits = self.state.store.limits();
+        let mut budget = AppendBudget::new(limits);
+        let receiving = Instant::now();
+        let refuse = |invalid: InvalidInput, events: usize| {
+            self.state.metrics.record_append(
+                Api::Grpc,
+                Outcome::Rejected,
+                events,
+                receiving.elapsed(),
+            );
+            append_status(&AppendError::Invalid(invalid), None)
+        };
         while let Some(message) = incoming.message().await? {
+            if requests.len() == limits.append_streams_max {
+                let invalid = InvalidInput::TooManyStreams {
+                    count: requests.len() + 1,
+                    max: limits.append_streams_max,
+                };
+                return Err(refuse(invalid, budget.events()));
+            }
             if requests.iter().any(|r| r.stream == message.stream) {
                 let stream = message.stream;
                 return Err(rich(
@@ -285,11 +308,14 @@ impl StreamsService for V2StreamsService {
                 ));
             }
             let expected = expected_from_code(message.expected_revision)?;
-            let events = message
-                .records
-                .into_iter()
-                .map(record_event)
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut events = Vec::with_capacity(message.records.len());
+            for record in message.records {
+                let event = record_event(record)?;
+                if let Err(invalid) = budget.add(&event) {
+                    return Err(refuse(invalid, budget.events()));
+                }
+                events.push(event);
+            }
             requests.push(AppendRequest::new(message.stream, expected, events));
         }
         if requests.is_empty() {
@@ -321,9 +347,14 @@ impl StreamsService for V2StreamsService {
         // One strata request per stream, in order of first appearance.
         let mut order: Vec<String> = Vec::new();
         let mut events: HashMap<String, Vec<EventData>> = HashMap::new();
+        // The store's limits on events, checked before building more of them.
+        let mut budget = AppendBudget::new(self.state.store.limits());
         for record in request.records {
             let stream = record.stream.clone();
             let event = record_event(record)?;
+            if let Err(invalid) = budget.add(&event) {
+                return Err(append_status(&AppendError::Invalid(invalid), None));
+            }
             if !events.contains_key(&stream) {
                 order.push(stream.clone());
             }

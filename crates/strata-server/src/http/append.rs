@@ -8,12 +8,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
-use strata::{AppendError, AppendRequest, AppendResult, ExpectedRevision};
+use strata::{AppendError, AppendRequest, AppendResult, ExpectedRevision, InvalidInput};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::json::{body_bytes, parse, parse_events, EventInput};
+use super::json::{body_bytes, parse, parse_bounded, parse_events, too_many_events, EventInput};
 use super::params::{parse_expected, Params, StreamPath};
 use super::HttpState;
 use crate::metrics::{Api, Outcome};
@@ -67,27 +68,31 @@ pub async fn append(
     let expected = params.take_expected()?;
     params.finish()?;
     let body = body_bytes(body, http.state.options.max_request_body)?;
-    let events = parse_events(&body)?;
+    let events = parse_events(&body, http.state.store.limits().append_events_max)?;
     let request = AppendRequest::new(stream, expected, events);
     let mut responses = record(&http, vec![request]).await?;
     Ok(Json(responses.swap_remove(0)))
 }
 
-/// One stream's part of a multi-stream append body.
+/// One stream's part of a multi-stream append body. Its events stay raw JSON until the
+/// parts are counted, and are then parsed against what is left of the event limit.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StreamAppendInput {
+struct StreamAppendInput<'a> {
     stream: String,
     #[serde(default)]
     expected_revision: Option<Value>,
-    events: Vec<EventInput>,
+    #[serde(borrow)]
+    events: &'a RawValue,
 }
 
-/// The body of `POST /streams`.
+/// The body of `POST /streams`; `appends` is parsed once it is known to hold no more
+/// parts than a multi-stream append may have.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MultiAppendInput {
-    appends: Vec<StreamAppendInput>,
+struct MultiAppendInput<'a> {
+    #[serde(borrow)]
+    appends: &'a RawValue,
 }
 
 /// The answer to `POST /streams`: one result per stream, in request order.
@@ -106,17 +111,32 @@ pub async fn append_multi(
 ) -> Result<Json<MultiAppendResponse>, ApiError> {
     params.finish()?;
     let body = body_bytes(body, http.state.options.max_request_body)?;
-    let input: MultiAppendInput = parse(&body)?;
-    let mut requests = Vec::with_capacity(input.appends.len());
-    for part in input.appends {
+    let limits = http.state.store.limits();
+    let input: MultiAppendInput<'_> = parse(&body)?;
+    let parts: Vec<StreamAppendInput<'_>> =
+        parse_bounded(input.appends.get().as_bytes(), limits.append_streams_max).map_err(
+            |count| {
+                ApiError::Append(AppendError::Invalid(InvalidInput::TooManyStreams {
+                    count,
+                    max: limits.append_streams_max,
+                }))
+            },
+        )??;
+    let mut requests = Vec::with_capacity(parts.len());
+    let mut events_so_far = 0usize;
+    for part in parts {
         let expected = match &part.expected_revision {
             None => ExpectedRevision::Any,
             Some(Value::Number(n)) => parse_expected(&n.to_string())?,
             Some(Value::String(text)) => parse_expected(text)?,
             Some(other) => parse_expected(&other.to_string())?,
         };
-        let events = part
-            .events
+        // Every part counts against the one limit on the append's events.
+        let left = limits.append_events_max.saturating_sub(events_so_far);
+        let inputs: Vec<EventInput> = parse_bounded(part.events.get().as_bytes(), left)
+            .map_err(|count| too_many_events(events_so_far + count, limits.append_events_max))??;
+        events_so_far += inputs.len();
+        let events = inputs
             .into_iter()
             .enumerate()
             .map(|(index, input)| input.into_event(index))

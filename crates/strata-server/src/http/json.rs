@@ -10,7 +10,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use strata::{ContentType, EventData, RecordedEvent, Timestamp};
@@ -225,7 +224,7 @@ fn body_read_timeout(rejection: &BytesRejection) -> Option<&super::trace::BodyRe
 }
 
 /// Parses a JSON body into `T`; a syntax or shape error is a 400 that says where.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|error| {
         let code = if error.is_data() {
             "invalid_body"
@@ -236,11 +235,14 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// Parses an append body: one event object, or an array of them.
-pub fn parse_events(bytes: &[u8]) -> Result<Vec<EventData>, ApiError> {
+/// Parses an append body: one event object, or an array of at most `max_events` of
+/// them. Parsing stops at the first event over the limit (413, `too_many_events`), so a
+/// body of millions of tiny events is refused before they are built.
+pub fn parse_events(bytes: &[u8], max_events: usize) -> Result<Vec<EventData>, ApiError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     let inputs = match first {
-        Some(b'[') => parse::<Vec<EventInput>>(bytes)?,
+        Some(b'[') => parse_bounded::<EventInput>(bytes, max_events)
+            .map_err(|over| too_many_events(over, max_events))??,
         Some(b'{') => vec![parse::<EventInput>(bytes)?],
         _ => {
             return Err(ApiError::bad_request(
@@ -254,4 +256,87 @@ pub fn parse_events(bytes: &[u8]) -> Result<Vec<EventData>, ApiError> {
         .enumerate()
         .map(|(index, input)| input.into_event(index))
         .collect()
+}
+
+/// The error for an append with more than `max` events: `count` is the number that had
+/// arrived when parsing stopped (at least `max + 1`).
+pub fn too_many_events(count: usize, max: usize) -> ApiError {
+    ApiError::Append(strata::AppendError::Invalid(
+        strata::InvalidInput::TooManyEvents { count, max },
+    ))
+}
+
+/// Parses a JSON array of at most `max` elements of `T`. `Err(count)` when it holds
+/// more: parsing stopped at element `count` (`max + 1`), before building it;
+/// `Ok(Err(_))` for a malformed body, as [`parse`] reports it.
+pub fn parse_bounded<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+    max: usize,
+) -> Result<Result<Vec<T>, ApiError>, usize> {
+    let over = std::cell::Cell::new(None);
+    let seed = BoundedSeq {
+        max,
+        over: &over,
+        element: std::marker::PhantomData,
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde::de::DeserializeSeed::deserialize(seed, &mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value));
+    if let Some(count) = over.get() {
+        return Err(count);
+    }
+    Ok(parsed.map_err(|error| {
+        let code = if error.is_data() {
+            "invalid_body"
+        } else {
+            "malformed_json"
+        };
+        ApiError::bad_request(code, format!("request body: {error}"))
+    }))
+}
+
+/// A JSON array of at most `max` `T`s: past them, notes the count in `over` and fails
+/// without reading further.
+struct BoundedSeq<'c, T> {
+    max: usize,
+    over: &'c std::cell::Cell<Option<usize>>,
+    element: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::DeserializeSeed<'de> for BoundedSeq<'_, T> {
+    type Value = Vec<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<T>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for BoundedSeq<'_, T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "an array of at most {} elements", self.max)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        // Never trust the size hint of a hostile body.
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max).min(1024));
+        loop {
+            if out.len() == self.max {
+                // One more element, skipped rather than built, means too many.
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    self.over.set(Some(self.max.saturating_add(1)));
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {} elements",
+                        self.max
+                    )));
+                }
+                return Ok(out);
+            }
+            match seq.next_element::<T>()? {
+                Some(element) => out.push(element),
+                None => return Ok(out),
+            }
+        }
+    }
 }

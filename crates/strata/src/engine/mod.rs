@@ -274,68 +274,131 @@ impl Engine {
             .ok_or(AppendError::Storage(StorageError::Closed))
     }
 
+    /// One bounded page of a stream, honouring its metadata. Never recursive, and never
+    /// reads the events `$maxAge` hides: it finds the first unexpired one by binary search.
     fn read_stream_now(
         &self,
         name: &str,
         options: ReadStreamOptions,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
-        let not_found = || ReadError::StreamNotFound {
-            stream: name.to_owned(),
-        };
-        let (locations, max_age, last_read) = {
+        let (len, lowest, max_age) = {
             let index = self.shared.index();
-            let entry = index.streams.get(name).ok_or_else(not_found)?;
-            if entry.tombstoned {
-                return Err(ReadError::StreamDeleted {
-                    stream: name.to_owned(),
-                });
-            }
+            let entry = visible_entry(&index, name)?;
             let len = entry.next_revision();
-            if entry.is_deleted() || len == 0 {
-                return Err(not_found());
-            }
-            let metadata = entry.metadata.as_deref().cloned().unwrap_or_default();
-            let lowest = metadata.first_visible(len);
-            let limit = options.limit as u64;
-            let revisions: Vec<u64> = match options.direction {
-                Direction::Forwards => {
-                    let start = options.from.unwrap_or(0).max(lowest);
-                    (start..len.min(start.saturating_add(limit))).collect()
-                }
-                Direction::Backwards => {
-                    let start = options.from.unwrap_or(len - 1).min(len - 1);
-                    if start < lowest {
-                        Vec::new()
-                    } else {
-                        let stop = lowest.max((start + 1).saturating_sub(limit));
-                        (stop..=start).rev().collect()
-                    }
-                }
-            };
-            let locations: Vec<_> = revisions
-                .iter()
-                .map(|&r| entry.locations[r as usize])
-                .collect();
-            (locations, metadata.max_age, revisions.last().copied())
+            let metadata = entry.metadata.as_deref();
+            let lowest = metadata.map_or(0, |m| m.first_visible(len));
+            (len, lowest, metadata.and_then(|m| m.max_age))
         };
-        let mut events = reader::read_locations(&self.shared, &locations)?;
-        if let Some(max_age) = max_age {
-            let now = Timestamp::now().as_micros();
-            let cutoff = now.saturating_sub(u64::try_from(max_age.as_micros()).unwrap_or(u64::MAX));
-            events.retain(|event| event.recorded_at.as_micros() >= cutoff);
-            if options.direction == Direction::Forwards && events.len() < locations.len() {
-                // Expired events are the oldest ones: read on past them (past whole pages
-                // of them if need be) to fill the page.
-                if let Some(last) = last_read {
-                    let more = options
-                        .from_revision(last + 1)
-                        .limit(locations.len() - events.len());
-                    events.extend(self.read_stream_now(name, more)?);
-                }
+        // The revisions the page may take, before max age: `low..high`.
+        let (low, high) = match options.direction {
+            Direction::Forwards => (options.from.unwrap_or(0).max(lowest).min(len), len),
+            Direction::Backwards => {
+                let start = options.from.unwrap_or(len - 1).min(len - 1);
+                (lowest.min(start + 1), start + 1)
+            }
+        };
+        let low = match max_age {
+            Some(max_age) => {
+                let max_age = u64::try_from(max_age.as_micros()).unwrap_or(u64::MAX);
+                let cutoff = Timestamp::now().as_micros().saturating_sub(max_age);
+                self.first_recorded_at_or_after(name, low, high, cutoff)?
+            }
+            None => low,
+        };
+        let limit = options.limit as u64;
+        let revisions: Vec<u64> = match options.direction {
+            Direction::Forwards => (low..high.min(low.saturating_add(limit))).collect(),
+            Direction::Backwards => (low.max(high.saturating_sub(limit))..high).rev().collect(),
+        };
+        let locations = {
+            let index = self.shared.index();
+            let entry = visible_entry(&index, name)?;
+            revisions
+                .iter()
+                .map(|&revision| location_of(entry, name, revision))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        Ok(reader::read_locations(&self.shared, &locations)?)
+    }
+
+    /// The first revision in `low..high` of stream `name` recorded at or after `cutoff`
+    /// (in microseconds), or `high` if there is none.
+    ///
+    /// `recorded_at` never goes backwards along the log (the writer enforces it), so the
+    /// events `$maxAge` hides are the oldest ones of a stream and a binary search over
+    /// revisions finds the boundary: at most 65 records are read, however many expired.
+    fn first_recorded_at_or_after(
+        &self,
+        name: &str,
+        mut low: u64,
+        mut high: u64,
+        cutoff: u64,
+    ) -> Result<u64, ReadError> {
+        let unexpired = |revision: u64| -> Result<bool, ReadError> {
+            let location = {
+                let index = self.shared.index();
+                location_of(visible_entry(&index, name)?, name, revision)?
+            };
+            let event = reader::read_locations(&self.shared, &[location])?;
+            Ok(event
+                .first()
+                .is_some_and(|event| event.recorded_at.as_micros() >= cutoff))
+        };
+        // The common case, nothing expired in the range, costs one record.
+        if low >= high || unexpired(low)? {
+            return Ok(low);
+        }
+        // Invariant: `low` is expired; `high` is unexpired or the end of the range.
+        while high - low > 1 {
+            let middle = low + (high - low) / 2;
+            if unexpired(middle)? {
+                high = middle;
+            } else {
+                low = middle;
             }
         }
-        Ok(events)
+        Ok(high)
     }
+}
+
+/// The index entry of a stream that reads can see: not tombstoned, not soft-deleted,
+/// with at least one event.
+fn visible_entry<'a>(
+    index: &'a index::Index,
+    name: &str,
+) -> Result<&'a index::StreamEntry, ReadError> {
+    let not_found = || ReadError::StreamNotFound {
+        stream: name.to_owned(),
+    };
+    let entry = index.streams.get(name).ok_or_else(not_found)?;
+    if entry.tombstoned {
+        return Err(ReadError::StreamDeleted {
+            stream: name.to_owned(),
+        });
+    }
+    if entry.is_deleted() || entry.next_revision() == 0 {
+        return Err(not_found());
+    }
+    Ok(entry)
+}
+
+/// Where the event at `revision` of a stream lies. The entry's locations only grow, so a
+/// revision below a length read earlier is always there; if not, the index is broken.
+fn location_of(
+    entry: &index::StreamEntry,
+    name: &str,
+    revision: u64,
+) -> Result<index::Location, ReadError> {
+    usize::try_from(revision)
+        .ok()
+        .and_then(|at| entry.locations.get(at).copied())
+        .ok_or_else(|| {
+            ReadError::Storage(StorageError::Corrupt {
+                file: "index".into(),
+                offset: revision,
+                reason: format!("stream {name:?} has no location for revision {revision}"),
+            })
+        })
 }
 
 impl Drop for Engine {
@@ -492,6 +555,10 @@ impl EventStore for Engine {
 
     fn watch_head(&self) -> watch::Receiver<Option<Position>> {
         self.shared.head.subscribe()
+    }
+
+    fn limits(&self) -> &crate::Limits {
+        &self.shared.options.limits
     }
 
     async fn stats(&self) -> Result<StoreStats, ReadError> {

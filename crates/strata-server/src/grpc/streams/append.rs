@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use strata::validate::AppendBudget;
 use strata::{AppendError, CurrentRevision, ExpectedRevision};
 use tonic::{Status, Streaming};
 
@@ -46,14 +47,34 @@ pub async fn append(
     let stream = convert::stream_name(options.stream_identifier.as_ref())?;
     let expected = expected(options.expected_stream_revision);
     let mut events = Vec::new();
+    // The store's limits, checked as the events arrive: an append over them is refused
+    // at its first event too many, with the answer the store would give, instead of
+    // being held whole first.
+    let mut budget = AppendBudget::new(state.store.limits());
+    let receiving = Instant::now();
     while let Some(message) = requests.message().await? {
         match message.content {
-            Some(Content::ProposedMessage(proposed)) => events.push(wire::proposed_event(
-                proposed.id.as_ref(),
-                &proposed.metadata,
-                proposed.custom_metadata,
-                proposed.data,
-            )?),
+            Some(Content::ProposedMessage(proposed)) => {
+                let event = wire::proposed_event(
+                    proposed.id.as_ref(),
+                    &proposed.metadata,
+                    proposed.custom_metadata,
+                    proposed.data,
+                )?;
+                if let Err(invalid) = budget.add(&event) {
+                    state.metrics.record_append(
+                        Api::Grpc,
+                        Outcome::Rejected,
+                        budget.events(),
+                        receiving.elapsed(),
+                    );
+                    return Err(convert::append_error(
+                        "Append",
+                        &AppendError::Invalid(invalid),
+                    ));
+                }
+                events.push(event);
+            }
             _ => {
                 return Err(Status::invalid_argument(
                     "an append sends its options once, then only proposed messages",

@@ -7,11 +7,13 @@
 //! `MaximumAppendSizeExceeded` or `BadRequest`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use prost::Message;
+use strata::validate::AppendBudget;
 use strata::{AppendError, CurrentRevision, EventData, ExpectedRevision, InvalidInput};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 use uuid::Uuid;
@@ -33,23 +35,60 @@ use crate::state::ServerState;
 /// Most batches one call may have open (started, not yet final) at once.
 const OPEN_BATCHES_MAX: usize = 1024;
 
-struct OpenBatch {
+struct OpenBatch<'l> {
     wire_id: Option<ProtoUuid>,
     options: Options,
     events: Vec<EventData>,
-    bytes: usize,
-    /// A problem found while collecting (bad event), reported when the batch is final.
+    /// The store's limits on one append, counted as the events arrive.
+    budget: AppendBudget<'l>,
+    /// This batch's share of the call's buffer (one permit per byte of its events);
+    /// given back when the batch is appended, refused or dropped.
+    permit: Option<OwnedSemaphorePermit>,
+    /// A problem found while collecting (bad event, over a limit), reported when the
+    /// batch is final; its events are dropped at once.
     invalid: Option<RpcStatus>,
 }
 
+impl OpenBatch<'_> {
+    /// Bytes of events this batch holds.
+    fn bytes(&self) -> usize {
+        self.permit
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Refuses the batch: drops its events and frees its share of the buffer.
+    fn refuse(&mut self, status: RpcStatus) {
+        self.invalid = Some(status);
+        self.events = Vec::new();
+        self.permit = None;
+    }
+}
+
 /// Runs one BatchAppend call.
+///
+/// Memory is bounded per call: each batch by the store's limits on one append (events,
+/// bytes), checked as its events arrive, and all the batches of the call together,
+/// open or being appended, by the store's append size limit. A batch that would take
+/// the open ones past that is refused (`MaximumAppendSizeExceeded`); when batches being
+/// appended hold the room, the call stops reading until they are done, so a client
+/// that sends faster than the store appends is slowed down, not buffered.
 pub fn batch_append(
     state: ServerState,
     mut requests: Streaming<BatchAppendReq>,
 ) -> ResponseStream<BatchAppendResp> {
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
-        let mut open: HashMap<Uuid, OpenBatch> = HashMap::new();
+        let limits = state.store.limits().clone();
+        let buffer_max = limits
+            .append_size_bytes_max
+            .min(u32::MAX as usize)
+            .min(Semaphore::MAX_PERMITS);
+        let buffer = Arc::new(Semaphore::new(buffer_max));
+        let mut open: HashMap<Uuid, OpenBatch<'_>> = HashMap::new();
+        // Bytes held by open batches (the rest of the buffer's taken permits belong to
+        // batches being appended).
+        let mut open_bytes = 0usize;
         loop {
             let request = tokio::select! {
                 request = requests.message() => request,
@@ -71,7 +110,7 @@ pub fn batch_append(
                 }
             };
             if !open.contains_key(&correlation) {
-                let Some(options) = request.options.clone() else {
+                let Some(mut options) = request.options.clone() else {
                     let _ = sender
                         .send(Err(Status::invalid_argument(format!(
                             "batch {correlation}: the first message of a batch must carry its options"
@@ -87,14 +126,28 @@ pub fn batch_append(
                         .await;
                     break;
                 }
+                // A name over the limit is not kept while the batch stays open.
+                let name_length = options
+                    .stream_identifier
+                    .as_ref()
+                    .map_or(0, |s| s.stream_name.len());
+                let invalid = (name_length > limits.stream_name_bytes_max).then(|| {
+                    options.stream_identifier = None;
+                    let invalid = InvalidInput::StreamNameTooLong {
+                        length: name_length,
+                        max: limits.stream_name_bytes_max,
+                    };
+                    error_status("", &AppendError::Invalid(invalid))
+                });
                 open.insert(
                     correlation,
                     OpenBatch {
                         wire_id: request.correlation_id.clone(),
                         options,
                         events: Vec::new(),
-                        bytes: 0,
-                        invalid: None,
+                        budget: AppendBudget::new(&limits),
+                        permit: None,
+                        invalid,
                     },
                 );
             }
@@ -105,32 +158,70 @@ pub fn batch_append(
                 if batch.invalid.is_some() {
                     break;
                 }
-                batch.bytes += proposed.data.len() + proposed.custom_metadata.len();
-                if batch.bytes > state.options.max_grpc_message {
-                    batch.invalid = Some(maximum_append_size(state.options.max_grpc_message));
-                    batch.events.clear();
-                    break;
-                }
-                match wire::proposed_event(
+                let event = match wire::proposed_event(
                     proposed.id.as_ref(),
                     &proposed.metadata,
                     proposed.custom_metadata,
                     proposed.data,
                 ) {
-                    Ok(event) => batch.events.push(event),
+                    Ok(event) => event,
                     Err(status) => {
-                        batch.invalid = Some(bad_request(status.message()));
-                        batch.events.clear();
+                        open_bytes -= batch.bytes();
+                        batch.refuse(bad_request(status.message()));
+                        break;
                     }
+                };
+                if let Err(invalid) = batch.budget.add(&event) {
+                    open_bytes -= batch.bytes();
+                    batch.refuse(error_status("", &AppendError::Invalid(invalid)));
+                    break;
                 }
+                let size = event.size_bytes();
+                let room = u32::try_from(size)
+                    .ok()
+                    .filter(|_| open_bytes.saturating_add(size) <= buffer_max);
+                let Some(permits) = room else {
+                    open_bytes -= batch.bytes();
+                    batch.refuse(maximum_append_size(buffer_max));
+                    break;
+                };
+                // Waits only for batches being appended to give their room back.
+                let permit = tokio::select! {
+                    permit = buffer.clone().acquire_many_owned(permits) => permit,
+                    () = state.shutting_down() => return,
+                };
+                let Ok(permit) = permit else { return };
+                match &mut batch.permit {
+                    Some(held) => held.merge(permit),
+                    None => batch.permit = Some(permit),
+                }
+                open_bytes += size;
+                batch.events.push(event);
             }
             if request.is_final {
                 if let Some(batch) = open.remove(&correlation) {
+                    open_bytes -= batch.bytes();
                     let state = state.clone();
                     let sender = sender.clone();
-                    // Appended concurrently; the store's group commit batches them.
+                    let OpenBatch {
+                        wire_id,
+                        options,
+                        events,
+                        permit,
+                        invalid,
+                        ..
+                    } = batch;
+                    let finished = Finished {
+                        wire_id,
+                        options,
+                        events,
+                        invalid,
+                    };
+                    // Appended concurrently; the store's group commit batches them. The
+                    // batch's room in the buffer is given back once it is appended.
                     tokio::spawn(async move {
-                        let response = complete(&state, batch).await;
+                        let response = complete(&state, finished).await;
+                        drop(permit);
                         let _ = sender.send(Ok(response)).await;
                     });
                 }
@@ -138,6 +229,14 @@ pub fn batch_append(
         }
     });
     Box::pin(ReceiverStream::new(receiver))
+}
+
+/// A batch whose last message arrived.
+struct Finished {
+    wire_id: Option<ProtoUuid>,
+    options: Options,
+    events: Vec<EventData>,
+    invalid: Option<RpcStatus>,
 }
 
 fn expected(option: Option<&ExpectedStreamPosition>) -> ExpectedRevision {
@@ -169,7 +268,7 @@ fn echo_expected(
 }
 
 /// Appends one finished batch and builds its response.
-async fn complete(state: &ServerState, batch: OpenBatch) -> BatchAppendResp {
+async fn complete(state: &ServerState, batch: Finished) -> BatchAppendResp {
     let expected_option = batch.options.expected_stream_position.as_ref();
     let mut response = BatchAppendResp {
         correlation_id: batch.wire_id,

@@ -37,13 +37,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use strata::scan::ScanSlots;
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
 use strata::{
     AppendError, AppendRequest, AppendResult, EventStore, ExpectedRevision, Limits,
-    ListStreamsOptions, OpenError, Position, ReadAllOptions, ReadError, ReadStreamOptions,
-    RecordedEvent, StorageError, Store, StoreStats, StreamInfo,
+    ListStreamsOptions, OpenError, PageEnd, Position, ReadAllOptions, ReadAllPage, ReadError,
+    ReadStreamOptions, RecordedEvent, StorageError, Store, StoreStats, StreamInfo,
 };
 
 use append::Kind;
@@ -66,6 +67,12 @@ pub struct PostgresOptions {
     /// connection while it writes. More workers mean more transactions in flight, fewer
     /// appends sharing each commit.
     pub append_workers: usize,
+    /// Most filtered reads of the global log running at once (each holds a connection
+    /// while it scans); more wait for a slot.
+    pub scans_max: usize,
+    /// How long a filtered read waits for a slot before it fails with
+    /// [`ReadError::Busy`].
+    pub scan_wait_max: std::time::Duration,
 }
 
 impl std::fmt::Debug for PostgresOptions {
@@ -75,6 +82,8 @@ impl std::fmt::Debug for PostgresOptions {
             .field("limits", &self.limits)
             .field("append_delay", &self.append_delay.is_some())
             .field("append_workers", &self.append_workers)
+            .field("scans_max", &self.scans_max)
+            .field("scan_wait_max", &self.scan_wait_max)
             .finish()
     }
 }
@@ -86,6 +95,8 @@ impl Default for PostgresOptions {
             limits: Limits::default(),
             append_delay: None,
             append_workers: 1,
+            scans_max: 4,
+            scan_wait_max: strata::Options::SCAN_WAIT_MAX,
         }
     }
 }
@@ -109,6 +120,8 @@ pub struct PostgresStore {
     appended: watch::Sender<u64>,
     limits: Limits,
     append_delay: Option<AppendDelay>,
+    /// Slots for filtered reads of the global log.
+    scans: ScanSlots,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -166,6 +179,7 @@ impl PostgresStore {
             appended,
             limits: options.limits,
             append_delay: options.append_delay,
+            scans: ScanSlots::new(options.scans_max, options.scan_wait_max),
         })
     }
 
@@ -329,15 +343,28 @@ impl EventStore for PostgresStore {
     }
 
     async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, ReadError> {
+        let budget = options.scan_budget;
+        let page = self.read_all_page(options).await?;
+        match (page.end, page.next) {
+            (PageEnd::ScanBudget, Some(next)) => Err(ReadError::ScanBudgetSpent {
+                budget,
+                found: page.events,
+                next,
+            }),
+            _ => Ok(page.events),
+        }
+    }
+
+    async fn read_all_page(&self, options: ReadAllOptions) -> Result<ReadAllPage, ReadError> {
+        // A filtered read holds its connection while it scans: bound how many do, so
+        // they cannot take every connection of the pool from appends.
+        let _slot = if options.filter.is_empty() {
+            None
+        } else {
+            Some(self.scans.acquire().await?)
+        };
         let client = self.client().await?;
-        read::all(
-            &client,
-            options.direction,
-            options.from,
-            options.limit,
-            &options.filter,
-        )
-        .await
+        read::all(&client, &options).await
     }
 
     async fn list_streams(

@@ -29,6 +29,11 @@ struct Running {
 async fn start(options: ServerOptions) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let store = strata::Store::open(dir.path()).unwrap();
+    start_on(store, dir, options).await
+}
+
+/// Serves `store` (kept in `dir`).
+async fn start_on(store: strata::Store, dir: tempfile::TempDir, options: ServerOptions) -> Running {
     let options = ServerOptions {
         grpc: Some("127.0.0.1:0".parse().unwrap()),
         http: None,
@@ -378,6 +383,159 @@ async fn load_every_acknowledged_event_reaches_every_subscriber_once_in_order() 
         );
         assert_eq!(seen, acknowledged, "exactly the acknowledged events");
     }
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
+/// A read of `$all` from the start, of `count` events whose stream matches `regex`.
+fn filtered_read(count: u64, regex: &str) -> ReadReq {
+    let mut request = subscribe_all_request();
+    let options = request.options.as_mut().unwrap();
+    options.count_option = Some(read_req::options::CountOption::Count(count));
+    options.filter_option = Some(read_req::options::FilterOption::Filter(
+        read_req::options::FilterOptions {
+            filter: Some(read_req::options::filter_options::Filter::StreamIdentifier(
+                read_req::options::filter_options::Expression {
+                    regex: regex.into(),
+                    prefix: Vec::new(),
+                },
+            )),
+            window: Some(read_req::options::filter_options::Window::Max(32)),
+            checkpoint_interval_multiplier: 1,
+        },
+    ));
+    request
+}
+
+/// The streams of the events a read returns, until it ends.
+async fn read_streams(client: &mut StreamsClient<Channel>, request: ReadReq) -> Vec<String> {
+    let mut responses = client.read(request).await.unwrap().into_inner();
+    let mut streams = Vec::new();
+    while let Some(response) = responses.message().await.unwrap() {
+        if let Some(read_resp::Content::Event(event)) = response.content {
+            let event = event.event.unwrap();
+            let name = event.stream_identifier.unwrap().stream_name;
+            streams.push(String::from_utf8(name).unwrap());
+        }
+    }
+    streams
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_reads_of_all_go_on_past_each_scan_budget_until_count_or_end() {
+    let running = start(ServerOptions {
+        scan_budget: 10,
+        ..ServerOptions::default()
+    })
+    .await;
+    let mut client = client(running.addr).await;
+    // Hits far apart: each step of ten events finds at most one.
+    for i in 0..60u64 {
+        let stream = if i % 20 == 5 { "hit" } else { "miss" };
+        append_one(&mut client, &format!("{stream}-{i}"), i).await;
+    }
+    let streams = read_streams(&mut client, filtered_read(100, "^hit-")).await;
+    assert_eq!(streams, ["hit-5", "hit-25", "hit-45"]);
+    let streams = read_streams(&mut client, filtered_read(2, "^hit-")).await;
+    assert_eq!(streams, ["hit-5", "hit-25"]);
+    let streams = read_streams(&mut client, filtered_read(10, "^nothing")).await;
+    assert!(streams.is_empty());
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regexes_too_long_or_too_big_are_invalid_argument() {
+    let running = start(ServerOptions::default()).await;
+    let mut client = client(running.addr).await;
+    let long = "a".repeat(strata::Pattern::SOURCE_BYTES_MAX + 1);
+    for regex in [long.as_str(), "\\w{100}"] {
+        let status = client.read(filtered_read(10, regex)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
+/// A backend whose filtered reads of `$all` always find the store busy.
+struct BusyScans(strata::Store);
+
+#[async_trait::async_trait]
+impl strata::EventStore for BusyScans {
+    async fn append_multi(
+        &self,
+        requests: Vec<strata::AppendRequest>,
+    ) -> Result<Vec<strata::AppendResult>, strata::AppendError> {
+        self.0.append_multi(requests).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        options: strata::ReadStreamOptions,
+    ) -> Result<Vec<strata::RecordedEvent>, strata::ReadError> {
+        self.0.read_stream(stream, options).await
+    }
+    async fn read_all(
+        &self,
+        options: strata::ReadAllOptions,
+    ) -> Result<Vec<strata::RecordedEvent>, strata::ReadError> {
+        if options.filter.is_empty() {
+            return self.0.read_all(options).await;
+        }
+        Err(strata::ReadError::Busy {
+            running: 8,
+            waited: Duration::from_secs(5),
+        })
+    }
+    async fn list_streams(
+        &self,
+        options: strata::ListStreamsOptions,
+    ) -> Result<Vec<strata::StreamInfo>, strata::ReadError> {
+        self.0.list_streams(options).await
+    }
+    async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: strata::ExpectedRevision,
+    ) -> Result<strata::Position, strata::AppendError> {
+        self.0.delete_stream(stream, expected).await
+    }
+    async fn tombstone_stream(
+        &self,
+        stream: &str,
+        expected: strata::ExpectedRevision,
+    ) -> Result<strata::Position, strata::AppendError> {
+        self.0.tombstone_stream(stream, expected).await
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<Option<strata::Position>> {
+        self.0.backend().watch_head()
+    }
+    async fn stats(&self) -> Result<strata::StoreStats, strata::ReadError> {
+        self.0.stats().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_too_busy_to_scan_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = strata::Store::open(dir.path()).unwrap();
+    let store = strata::Store::from_backend(std::sync::Arc::new(BusyScans(engine)));
+    let running = start_on(store, dir, ServerOptions::default()).await;
+    let mut client = client(running.addr).await;
+    append_one(&mut client, "hit-1", 1).await;
+    let mut responses = client
+        .read(filtered_read(10, "^hit-"))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = loop {
+        match responses.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the read ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     running.stop.send(()).unwrap();
     running.task.await.unwrap().unwrap();
 }

@@ -177,10 +177,12 @@ async fn a_scan_whose_caller_went_away_stops() {
     );
 }
 
-/// Forwards to an engine and records the `from` of every filtered `read_all`.
+/// Forwards to an engine and records the `from` of every filtered `read_all`; the
+/// first `busy_first` filtered reads find the store busy.
 struct Recording {
     inner: Store,
     filtered_reads_from: Mutex<Vec<Position>>,
+    busy_first: AtomicU64,
 }
 
 #[async_trait]
@@ -200,6 +202,15 @@ impl EventStore for Recording {
     }
     async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, ReadError> {
         if !options.filter.is_empty() {
+            let busy = self
+                .busy_first
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if busy.is_ok() {
+                return Err(ReadError::Busy {
+                    running: 1,
+                    waited: Duration::ZERO,
+                });
+            }
             let from = options.from.unwrap_or(Position::START);
             self.filtered_reads_from.lock().unwrap().push(from);
         }
@@ -239,6 +250,7 @@ async fn a_filtered_subscription_moves_past_what_it_checked() {
     let recording = Arc::new(Recording {
         inner: engine.clone(),
         filtered_reads_from: Mutex::new(Vec::new()),
+        busy_first: AtomicU64::new(0),
     });
     let store = Store::from_backend(recording.clone());
     store
@@ -430,4 +442,30 @@ async fn scans_over_the_limit_wait_then_fail_busy_and_a_dropped_scan_frees_its_s
     storage.slow.store(false, Ordering::SeqCst);
     let found = store.read_all(nothing()).await.unwrap();
     assert!(found.is_empty());
+}
+
+#[tokio::test]
+async fn a_filtered_subscription_waits_out_a_busy_store() {
+    let recording = Arc::new(Recording {
+        inner: common::open(Arc::new(MemoryStorage::new())),
+        filtered_reads_from: Mutex::new(Vec::new()),
+        busy_first: AtomicU64::new(2),
+    });
+    let store = Store::from_backend(recording.clone());
+    store
+        .append("match-1", ExpectedRevision::NoStream, events(1))
+        .await
+        .unwrap();
+    let mut subscription =
+        store.subscribe_all(SubscribeFrom::Start, Filter::new().stream_prefix("match-"));
+    let event = tokio::time::timeout(Duration::from_secs(10), subscription.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.stream, "match-1");
+    assert_eq!(
+        recording.busy_first.load(Ordering::SeqCst),
+        0,
+        "it was busy twice"
+    );
 }

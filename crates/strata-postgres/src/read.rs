@@ -153,11 +153,15 @@ pub async fn all(client: &Client, options: &ReadAllOptions) -> Result<ReadAllPag
     let next_of = |cursor: i64| u64::try_from(cursor).ok().map(Position);
     let statement = client.prepare_cached(&query).await.map_err(backend)?;
     let mut examined = 0u64;
+    let overruns_at_start = filter.backtrack_overruns();
     loop {
         let page = if filter.is_empty() {
             (limit - out.len()).min(i64::MAX as usize) as i64
         } else {
-            PAGE_ROWS.min(i64::try_from(budget - examined).unwrap_or(i64::MAX))
+            let spent = filter.scan_cost(examined, overruns_at_start);
+            PAGE_ROWS
+                .min(i64::try_from(budget.saturating_sub(spent)).unwrap_or(i64::MAX))
+                .max(1)
         };
         let rows = client
             .query(&statement, &[&cursor, &bound, &page])
@@ -181,6 +185,14 @@ pub async fn all(client: &Client, options: &ReadAllOptions) -> Result<ReadAllPag
                     });
                 }
             }
+            // Checked per row: a pathological pattern may spend the budget mid-page.
+            if filter.scan_cost(examined, overruns_at_start) >= budget {
+                return Ok(ReadAllPage {
+                    events: out,
+                    next: next_of(cursor),
+                    end: PageEnd::ScanBudget,
+                });
+            }
         }
         if done || cursor < 0 {
             let next = match direction {
@@ -192,13 +204,6 @@ pub async fn all(client: &Client, options: &ReadAllOptions) -> Result<ReadAllPag
                 events: out,
                 next,
                 end: PageEnd::End,
-            });
-        }
-        if examined >= budget {
-            return Ok(ReadAllPage {
-                events: out,
-                next: next_of(cursor),
-                end: PageEnd::ScanBudget,
             });
         }
         tokio::task::yield_now().await;

@@ -1,5 +1,6 @@
 //! Filters for reads and subscriptions of the global log.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::event::RecordedEvent;
@@ -40,13 +41,16 @@ pub struct Filter {
 /// [`Pattern::COMPILED_BYTES_MAX`] bytes compiled, and at most
 /// [`Pattern::BACKTRACK_LIMIT`] backtracking steps per name (a name that would take more
 /// counts as no match, so a catastrophically backtracking pattern costs a bounded time
-/// per event). Compiled patterns are cached by source (the most recently used
+/// per event, and is charged [`Pattern::OVERRUN_COST`] events of a scan's budget).
+/// Compiled patterns are cached by source (the most recently used
 /// [`Pattern::CACHE_ENTRIES`]), so a client repeating a request does not pay to compile
 /// it again.
 #[derive(Clone, Debug)]
 pub struct Pattern {
     source: String,
     regex: Arc<fancy_regex::Regex>,
+    /// Names on which this pattern (and its clones) ran past the backtracking limit.
+    overruns: Arc<AtomicU64>,
 }
 
 impl Pattern {
@@ -60,6 +64,11 @@ impl Pattern {
     pub const BACKTRACK_LIMIT: usize = 20_000;
     /// Compiled patterns kept in the cache.
     pub const CACHE_ENTRIES: usize = 256;
+    /// What a name on which the pattern ran past its backtracking limit costs, in events
+    /// of a read's [scan budget](crate::ReadAllOptions::scan_budget): such a name takes
+    /// about as long as matching this many ordinary ones, so a pathological pattern
+    /// spends a read's budget in a bounded time.
+    pub const OVERRUN_COST: u64 = 1000;
 
     /// Compiles `source`, or takes it from the cache.
     pub fn new(source: &str) -> Result<Pattern, FilterError> {
@@ -73,6 +82,7 @@ impl Pattern {
             return Ok(Pattern {
                 source: source.to_owned(),
                 regex,
+                overruns: Arc::default(),
             });
         }
         let regex = fancy_regex::RegexBuilder::new(source)
@@ -86,6 +96,7 @@ impl Pattern {
         Ok(Pattern {
             source: source.to_owned(),
             regex,
+            overruns: Arc::default(),
         })
     }
 
@@ -95,9 +106,16 @@ impl Pattern {
     }
 
     /// Whether the pattern matches somewhere in `text`. A match that would exceed the
-    /// backtracking limit counts as no match.
+    /// backtracking limit counts as no match (and is counted, see
+    /// [`Filter::backtrack_overruns`]).
     pub fn is_match(&self, text: &str) -> bool {
-        self.regex.is_match(text).unwrap_or(false)
+        match self.regex.is_match(text) {
+            Ok(matched) => matched,
+            Err(_) => {
+                self.overruns.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
     }
 }
 
@@ -290,6 +308,34 @@ impl Filter {
     /// Whether the filter passes everything.
     pub fn is_empty(&self) -> bool {
         *self == Filter::default()
+    }
+
+    /// Whether the filter has regular expressions (whose cost per name varies).
+    pub fn has_regexes(&self) -> bool {
+        !self.stream_regexes.is_empty() || !self.event_type_regexes.is_empty()
+    }
+
+    /// Names on which a regular expression of this filter (or of a clone of it) ran past
+    /// its backtracking limit, so far. Scans charge each to their budget at
+    /// [`Pattern::OVERRUN_COST`] events.
+    pub fn backtrack_overruns(&self) -> u64 {
+        self.stream_regexes
+            .iter()
+            .chain(&self.event_type_regexes)
+            .map(|pattern| pattern.overruns.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// What a scan with this filter has spent of its budget after examining `examined`
+    /// events, given [`backtrack_overruns`](Filter::backtrack_overruns) was
+    /// `overruns_at_start` when it began: one per event, plus
+    /// [`Pattern::OVERRUN_COST`] per overrun.
+    pub fn scan_cost(&self, examined: u64, overruns_at_start: u64) -> u64 {
+        if !self.has_regexes() {
+            return examined;
+        }
+        let overruns = self.backtrack_overruns().saturating_sub(overruns_at_start);
+        examined.saturating_add(overruns.saturating_mul(Pattern::OVERRUN_COST))
     }
 
     /// Whether an event of `event_type` in `stream` passes.

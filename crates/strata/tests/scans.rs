@@ -469,3 +469,30 @@ async fn a_filtered_subscription_waits_out_a_busy_store() {
         "it was busy twice"
     );
 }
+
+#[tokio::test]
+async fn a_pathological_pattern_spends_the_scan_budget_faster() {
+    let store = common::open(Arc::new(MemoryStorage::new()));
+    // Names on which `^(a+)+\1b` backtracks past its limit (2^40 ways to split them).
+    for i in 0..30 {
+        store
+            .append(
+                format!("{}{i}", "a".repeat(40)),
+                ExpectedRevision::NoStream,
+                events(1),
+            )
+            .await
+            .unwrap();
+    }
+    let options = ReadAllOptions::forwards()
+        .filter(Filter::new().stream_regex("^(a+)+\\1b").unwrap())
+        .limit(100)
+        .scan_budget(10 * strata::Pattern::OVERRUN_COST);
+    let page = store.read_all_page(options).await.unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(
+        (page.end, page.next),
+        (PageEnd::ScanBudget, Some(Position(10))),
+        "ten overruns spend a budget of ten overruns' worth"
+    );
+}

@@ -191,6 +191,7 @@ pub fn read_all_forwards(
         (i, offset)
     };
     let mut examined = 0u64;
+    let overruns_at_start = filter.backtrack_overruns();
     loop {
         let Some((file, name, end)) = segment_at(shared, index) else {
             break;
@@ -217,7 +218,7 @@ pub fn read_all_forwards(
                         return ControlFlow::Break(());
                     }
                 }
-                if examined >= budget {
+                if filter.scan_cost(examined, overruns_at_start) >= budget {
                     out.end = PageEnd::ScanBudget;
                     return ControlFlow::Break(());
                 }
@@ -282,6 +283,7 @@ pub fn read_all_backwards(
         return Ok(scanned);
     }
     let mut examined = 0u64;
+    let overruns_at_start = filter.backtrack_overruns();
     let mut found = Vec::new();
     loop {
         // One sparse block: from its remembered frame start to the next one.
@@ -352,7 +354,7 @@ pub fn read_all_backwards(
                 }
             }
         }
-        if examined >= budget {
+        if filter.scan_cost(examined, overruns_at_start) >= budget {
             scanned.end = PageEnd::ScanBudget;
             return Ok(scanned);
         }

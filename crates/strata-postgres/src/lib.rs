@@ -38,13 +38,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use strata::scan::ScanSlots;
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
 use strata::{
     AppendError, AppendRequest, AppendResult, EventStore, ExpectedRevision, Limits,
-    ListStreamsOptions, OpenError, Position, ReadAllOptions, ReadError, ReadStreamOptions,
-    RecordedEvent, StorageError, Store, StoreStats, StreamInfo,
+    ListStreamsOptions, OpenError, PageEnd, Position, ReadAllOptions, ReadAllPage, ReadError,
+    ReadStreamOptions, RecordedEvent, StorageError, Store, StoreStats, StreamInfo,
 };
 
 use append::Kind;
@@ -80,6 +81,12 @@ pub struct PostgresOptions {
     /// transaction (`SET LOCAL`), so appends, migrations, leases and sinks, whose work
     /// must not be cut short, are not bounded by it. Zero: no limit.
     pub read_statement_timeout: Duration,
+    /// Most filtered reads of the global log running at once (each holds a connection
+    /// while it scans); more wait for a slot.
+    pub scans_max: usize,
+    /// How long a filtered read waits for a slot before it fails with
+    /// [`ReadError::Busy`].
+    pub scan_wait_max: std::time::Duration,
 }
 
 /// Default of [`PostgresOptions::pool_wait_timeout`].
@@ -99,6 +106,8 @@ impl std::fmt::Debug for PostgresOptions {
             .field("pool_wait_timeout", &self.pool_wait_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("read_statement_timeout", &self.read_statement_timeout)
+            .field("scans_max", &self.scans_max)
+            .field("scan_wait_max", &self.scan_wait_max)
             .finish()
     }
 }
@@ -113,6 +122,8 @@ impl Default for PostgresOptions {
             pool_wait_timeout: POOL_WAIT_TIMEOUT,
             connect_timeout: CONNECT_TIMEOUT,
             read_statement_timeout: READ_STATEMENT_TIMEOUT,
+            scans_max: 4,
+            scan_wait_max: strata::Options::SCAN_WAIT_MAX,
         }
     }
 }
@@ -140,6 +151,8 @@ pub struct PostgresStore {
     limits: Limits,
     append_delay: Option<AppendDelay>,
     read_statement_timeout: Duration,
+    /// Slots for filtered reads of the global log.
+    scans: ScanSlots,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -203,6 +216,7 @@ impl PostgresStore {
             limits: options.limits,
             append_delay: options.append_delay,
             read_statement_timeout: options.read_statement_timeout,
+            scans: ScanSlots::new(options.scans_max, options.scan_wait_max),
         })
     }
 
@@ -419,17 +433,30 @@ impl EventStore for PostgresStore {
     }
 
     async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, ReadError> {
+        let budget = options.scan_budget;
+        let page = self.read_all_page(options).await?;
+        match (page.end, page.next) {
+            (PageEnd::ScanBudget, Some(next)) => Err(ReadError::ScanBudgetSpent {
+                budget,
+                found: page.events,
+                next,
+            }),
+            _ => Ok(page.events),
+        }
+    }
+
+    async fn read_all_page(&self, options: ReadAllOptions) -> Result<ReadAllPage, ReadError> {
+        // A filtered read holds its connection while it scans: bound how many do, so
+        // they cannot take every connection of the pool from appends.
+        let _slot = if options.filter.is_empty() {
+            None
+        } else {
+            Some(self.scans.acquire().await?)
+        };
         let mut client = self.client().await?;
         let tx = self.begin_read(&mut client).await?;
         let timeout = self.read_statement_timeout;
-        let read = read::all(
-            &tx,
-            timeout,
-            options.direction,
-            options.from,
-            options.limit,
-            &options.filter,
-        );
+        let read = read::all(&tx, timeout, &options);
         self.bounded(&tx, read).await
     }
 

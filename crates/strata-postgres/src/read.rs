@@ -7,8 +7,8 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
 use strata::{
-    ContentType, Direction, Filter, Position, ReadError, ReadStreamOptions, RecordedEvent,
-    StreamMetadata, Timestamp,
+    ContentType, Direction, PageEnd, Position, ReadAllOptions, ReadAllPage, ReadError,
+    ReadStreamOptions, RecordedEvent, StreamMetadata, Timestamp,
 };
 
 use crate::error;
@@ -111,21 +111,39 @@ pub async fn stream(
     Ok(rows.iter().map(event).collect())
 }
 
-/// Reads the global log below the safe bound, filtered, in pages, in `client` (a read
-/// transaction whose statements are cancelled after `timeout`).
+/// Reads the global log below the safe bound, filtered, in pages of at most
+/// [`PAGE_ROWS`] rows, until `limit` events matched, the scan budget was examined, or
+/// the bound was reached; in `client`, a read transaction whose statements are
+/// cancelled after `timeout`.
+///
+/// Matching runs on the async runtime: each page costs a bounded time (rows times the
+/// bounded cost of a filter), and the task yields between pages.
 pub async fn all(
     client: &Transaction<'_>,
     timeout: Duration,
-    direction: Direction,
-    from: Option<Position>,
-    limit: usize,
-    filter: &Filter,
-) -> Result<Vec<RecordedEvent>, ReadError> {
+    options: &ReadAllOptions,
+) -> Result<ReadAllPage, ReadError> {
     let backend = |e| error::read(e, timeout);
+    let (direction, from, limit, filter) = (
+        options.direction,
+        options.from,
+        options.limit,
+        &options.filter,
+    );
     let mut out = Vec::new();
     if limit == 0 {
-        return Ok(out);
+        return Ok(ReadAllPage {
+            events: out,
+            next: from,
+            end: PageEnd::Limit,
+        });
     }
+    // Unfiltered reads return every row they examine: `limit` bounds them.
+    let budget = if filter.is_empty() {
+        u64::MAX
+    } else {
+        options.scan_budget.max(1)
+    };
     // One bound for every page, so that pages agree with each other.
     let bound: i64 = client
         .query_one(&format!("SELECT {SAFE_BOUND_SQL}"), &[])
@@ -142,18 +160,23 @@ pub async fn all(
             from.map_or(i64::MAX, |p| p.0.min(i64::MAX as u64) as i64),
         ),
     };
+    // `cursor` is always the next position to examine: forwards the first, backwards
+    // the last not examined yet (negative once position 0 was).
+    let next_of = |cursor: i64| u64::try_from(cursor).ok().map(Position);
     let statement = client.prepare_cached(&query).await.map_err(backend)?;
+    let mut examined = 0u64;
+    let overruns_at_start = filter.backtrack_overruns();
     loop {
         let page = if filter.is_empty() {
             (limit - out.len()).min(i64::MAX as usize) as i64
         } else {
+            let spent = filter.scan_cost(examined, overruns_at_start);
             PAGE_ROWS
+                .min(i64::try_from(budget.saturating_sub(spent)).unwrap_or(i64::MAX))
+                .max(1)
         };
         let rows = client
-            .query(
-                &statement,
-                &[&cursor, &bound, &page.min(PAGE_ROWS.max(page))],
-            )
+            .query(&statement, &[&cursor, &bound, &page])
             .await
             .map_err(backend)?;
         let done = (rows.len() as i64) < page;
@@ -163,15 +186,38 @@ pub async fn all(
                 Direction::Forwards => event.position.0 as i64 + 1,
                 Direction::Backwards => event.position.0 as i64 - 1,
             };
+            examined += 1;
             if filter.matches_event(&event) {
                 out.push(event);
                 if out.len() >= limit {
-                    return Ok(out);
+                    return Ok(ReadAllPage {
+                        events: out,
+                        next: next_of(cursor),
+                        end: PageEnd::Limit,
+                    });
                 }
+            }
+            // Checked per row: a pathological pattern may spend the budget mid-page.
+            if filter.scan_cost(examined, overruns_at_start) >= budget {
+                return Ok(ReadAllPage {
+                    events: out,
+                    next: next_of(cursor),
+                    end: PageEnd::ScanBudget,
+                });
             }
         }
         if done || cursor < 0 {
-            return Ok(out);
+            let next = match direction {
+                // Every position below the bound is visible: all were examined.
+                Direction::Forwards => next_of(cursor.max(bound)),
+                Direction::Backwards => None,
+            };
+            return Ok(ReadAllPage {
+                events: out,
+                next,
+                end: PageEnd::End,
+            });
         }
+        tokio::task::yield_now().await;
     }
 }

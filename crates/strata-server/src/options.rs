@@ -35,6 +35,10 @@ pub struct ServerOptions {
     pub max_wait_for_position: Duration,
     /// Longest shutdown waits for in-flight requests before giving up on them.
     pub shutdown_grace: Duration,
+    /// Most events a filtered read of `$all` examines per step: per HTTP request (a
+    /// page cut short returns `next_from`), per page of a gRPC read or subscription
+    /// (which goes on with the next step while the client is there).
+    pub scan_budget: u64,
     /// With several nodes on one database: the leases that let each persistent
     /// subscription group run on one node at a time (`None`: every group runs here).
     pub leases: Option<NodeLeases>,
@@ -114,6 +118,7 @@ impl Default for ServerOptions {
             max_subscriptions_per_connection: 128,
             max_wait_for_position: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            scan_budget: strata::ReadAllOptions::SCAN_BUDGET_DEFAULT,
             leases: None,
             max_connections: 4096,
             max_connections_per_address: 1024,

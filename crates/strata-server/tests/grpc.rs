@@ -34,6 +34,15 @@ async fn start(options: ServerOptions) -> Running {
 async fn start_on(options: ServerOptions, store_options: strata::Options) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let store = strata::Store::open_with(dir.path(), store_options).unwrap();
+    serve_store(store, dir, options).await
+}
+
+/// Serves `store` (kept in `dir`).
+async fn serve_store(
+    store: strata::Store,
+    dir: tempfile::TempDir,
+    options: ServerOptions,
+) -> Running {
     let options = ServerOptions {
         grpc: Some("127.0.0.1:0".parse().unwrap()),
         http: None,
@@ -449,6 +458,63 @@ async fn subscriptions_after_u64_max_deliver_nothing() {
     running.task.await.unwrap().unwrap();
 }
 
+/// A read of `$all` from the start, of `count` events whose stream matches `regex`.
+fn filtered_read(count: u64, regex: &str) -> ReadReq {
+    let mut request = subscribe_all_request();
+    let options = request.options.as_mut().unwrap();
+    options.count_option = Some(read_req::options::CountOption::Count(count));
+    options.filter_option = Some(read_req::options::FilterOption::Filter(
+        read_req::options::FilterOptions {
+            filter: Some(read_req::options::filter_options::Filter::StreamIdentifier(
+                read_req::options::filter_options::Expression {
+                    regex: regex.into(),
+                    prefix: Vec::new(),
+                },
+            )),
+            window: Some(read_req::options::filter_options::Window::Max(32)),
+            checkpoint_interval_multiplier: 1,
+        },
+    ));
+    request
+}
+
+/// The streams of the events a read returns, until it ends.
+async fn read_streams(client: &mut StreamsClient<Channel>, request: ReadReq) -> Vec<String> {
+    let mut responses = client.read(request).await.unwrap().into_inner();
+    let mut streams = Vec::new();
+    while let Some(response) = responses.message().await.unwrap() {
+        if let Some(read_resp::Content::Event(event)) = response.content {
+            let event = event.event.unwrap();
+            let name = event.stream_identifier.unwrap().stream_name;
+            streams.push(String::from_utf8(name).unwrap());
+        }
+    }
+    streams
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_reads_of_all_go_on_past_each_scan_budget_until_count_or_end() {
+    let running = start(ServerOptions {
+        scan_budget: 10,
+        ..ServerOptions::default()
+    })
+    .await;
+    let mut client = client(running.addr).await;
+    // Hits far apart: each step of ten events finds at most one.
+    for i in 0..60u64 {
+        let stream = if i % 20 == 5 { "hit" } else { "miss" };
+        append_one(&mut client, &format!("{stream}-{i}"), i).await;
+    }
+    let streams = read_streams(&mut client, filtered_read(100, "^hit-")).await;
+    assert_eq!(streams, ["hit-5", "hit-25", "hit-45"]);
+    let streams = read_streams(&mut client, filtered_read(2, "^hit-")).await;
+    assert_eq!(streams, ["hit-5", "hit-25"]);
+    let streams = read_streams(&mut client, filtered_read(10, "^nothing")).await;
+    assert!(streams.is_empty());
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
 /// Longest a test waits for an answer that must come (a guard against hangs, not a
 /// performance assertion).
 const HANG_GUARD: Duration = Duration::from_secs(30);
@@ -510,6 +576,19 @@ async fn appends_over_the_limits_are_refused_while_they_arrive() {
     // Nothing of either was written, and the server goes on serving.
     let mut reader = client;
     assert!(append_one(&mut reader, "big-1", 0).await > 0);
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regexes_too_long_or_too_big_are_invalid_argument() {
+    let running = start(ServerOptions::default()).await;
+    let mut client = client(running.addr).await;
+    let long = "a".repeat(strata::Pattern::SOURCE_BYTES_MAX + 1);
+    for regex in [long.as_str(), "\\w{100}"] {
+        let status = client.read(filtered_read(10, regex)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
     running.stop.send(()).unwrap();
     running.task.await.unwrap().unwrap();
 }
@@ -693,6 +772,92 @@ async fn batch_appends_bound_the_bytes_one_call_holds() {
         "{response:?}"
     );
     drop(requests);
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
+/// A backend whose filtered reads of `$all` always find the store busy.
+struct BusyScans(strata::Store);
+
+#[async_trait::async_trait]
+impl strata::EventStore for BusyScans {
+    async fn append_multi(
+        &self,
+        requests: Vec<strata::AppendRequest>,
+    ) -> Result<Vec<strata::AppendResult>, strata::AppendError> {
+        self.0.append_multi(requests).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        options: strata::ReadStreamOptions,
+    ) -> Result<Vec<strata::RecordedEvent>, strata::ReadError> {
+        self.0.read_stream(stream, options).await
+    }
+    async fn read_all(
+        &self,
+        options: strata::ReadAllOptions,
+    ) -> Result<Vec<strata::RecordedEvent>, strata::ReadError> {
+        if options.filter.is_empty() {
+            return self.0.read_all(options).await;
+        }
+        Err(strata::ReadError::Busy {
+            running: 8,
+            waited: Duration::from_secs(5),
+        })
+    }
+    async fn list_streams(
+        &self,
+        options: strata::ListStreamsOptions,
+    ) -> Result<Vec<strata::StreamInfo>, strata::ReadError> {
+        self.0.list_streams(options).await
+    }
+    async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: strata::ExpectedRevision,
+    ) -> Result<strata::Position, strata::AppendError> {
+        self.0.delete_stream(stream, expected).await
+    }
+    async fn tombstone_stream(
+        &self,
+        stream: &str,
+        expected: strata::ExpectedRevision,
+    ) -> Result<strata::Position, strata::AppendError> {
+        self.0.tombstone_stream(stream, expected).await
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<Option<strata::Position>> {
+        self.0.backend().watch_head()
+    }
+    async fn stats(&self) -> Result<strata::StoreStats, strata::ReadError> {
+        self.0.stats().await
+    }
+    fn limits(&self) -> &strata::Limits {
+        self.0.limits()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_too_busy_to_scan_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = strata::Store::open(dir.path()).unwrap();
+    let store = strata::Store::from_backend(std::sync::Arc::new(BusyScans(engine)));
+    let running = serve_store(store, dir, ServerOptions::default()).await;
+    let mut client = client(running.addr).await;
+    append_one(&mut client, "hit-1", 1).await;
+    let mut responses = client
+        .read(filtered_read(10, "^hit-"))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = loop {
+        match responses.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the read ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     running.stop.send(()).unwrap();
     running.task.await.unwrap().unwrap();
 }

@@ -39,6 +39,15 @@ async fn start_with(
 ) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let store = strata::Store::open_with(dir.path(), store_options).unwrap();
+    start_on(store, dir, configure).await
+}
+
+/// Serves `store` (kept in `dir`).
+async fn start_on(
+    store: strata::Store,
+    dir: tempfile::TempDir,
+    configure: impl FnOnce(&mut ServerOptions),
+) -> TestServer {
     let mut options = ServerOptions {
         grpc: None,
         http: Some("127.0.0.1:0".parse().unwrap()),
@@ -1105,4 +1114,159 @@ async fn metrics_count_appends_and_openapi_lists_the_paths() {
     assert!(paths["/streams/{stream}"]["delete"].is_object());
     assert!(paths["/streams/{stream}/metadata"]["put"].is_object());
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_filtered_read_of_all_stops_at_its_scan_budget_and_says_where_to_go_on() {
+    let server = start_with(
+        |options| options.scan_budget = 10,
+        strata::Options::default(),
+    )
+    .await;
+    // Hits at positions 0 and 25, misses between and after.
+    for i in 0..30 {
+        let stream = if i == 0 || i == 25 { "hit" } else { "miss" };
+        let body = json!([event("E", json!({ "i": i }))]).to_string();
+        let (status, answer) = server
+            .call(Method::POST, &format!("/streams/{stream}-{i}"), &body)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let (status, page) = server
+        .get("/streams/$all?stream_prefix=hit-&limit=100")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "the first ten events hold one hit: {page}");
+    assert_eq!(
+        page["next_from"],
+        json!(10),
+        "where the scan stopped: {page}"
+    );
+    // Ten events, no hit: an empty page that still moves on.
+    let (_, page) = server
+        .get("/streams/$all?stream_prefix=hit-&limit=100&from=10")
+        .await;
+    assert_eq!(page["events"], json!([]), "{page}");
+    assert_eq!(page["next_from"], json!(20), "{page}");
+    // Following next_from finds every hit, and the last page says it is the end.
+    let hits = all_pages(&server, "/streams/$all?stream_prefix=hit-&limit=100").await;
+    let streams: Vec<&str> = hits.iter().map(|e| e["stream"].as_str().unwrap()).collect();
+    assert_eq!(streams, ["hit-0", "hit-25"]);
+    // Backwards too.
+    let hits = all_pages(
+        &server,
+        "/streams/$all?stream_prefix=hit-&limit=100&direction=backwards",
+    )
+    .await;
+    let streams: Vec<&str> = hits.iter().map(|e| e["stream"].as_str().unwrap()).collect();
+    assert_eq!(streams, ["hit-25", "hit-0"]);
+    // Unfiltered reads are bounded by their limit alone.
+    let (_, page) = server.get("/streams/$all?limit=30").await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 30, "{page}");
+}
+
+#[tokio::test]
+async fn regexes_too_long_or_too_big_are_422() {
+    let server = start().await;
+    let long = "a".repeat(strata::Pattern::SOURCE_BYTES_MAX + 1);
+    let (status, body) = server
+        .get(&format!("/streams/$all?stream_regex={long}"))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(error_code(&body), "filter_regex_too_long");
+    // \w{100}: a few bytes that compile to megabytes.
+    let (status, body) = server
+        .get("/streams/$all?event_type_regex=%5Cw%7B100%7D")
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(error_code(&body), "filter_regex_too_big");
+}
+
+/// A backend whose filtered reads of `$all` always find the store busy.
+struct BusyScans(strata::Store);
+
+#[async_trait::async_trait]
+impl strata::EventStore for BusyScans {
+    async fn append_multi(
+        &self,
+        requests: Vec<strata::AppendRequest>,
+    ) -> Result<Vec<strata::AppendResult>, strata::AppendError> {
+        self.0.append_multi(requests).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        options: strata::ReadStreamOptions,
+    ) -> Result<Vec<strata::RecordedEvent>, strata::ReadError> {
+        self.0.read_stream(stream, options).await
+    }
+    async fn read_all(
+        &self,
+        options: strata::ReadAllOptions,
+    ) -> Result<Vec<strata::RecordedEvent>, strata::ReadError> {
+        if options.filter.is_empty() {
+            return self.0.read_all(options).await;
+        }
+        Err(strata::ReadError::Busy {
+            running: 8,
+            waited: Duration::from_secs(5),
+        })
+    }
+    async fn list_streams(
+        &self,
+        options: strata::ListStreamsOptions,
+    ) -> Result<Vec<strata::StreamInfo>, strata::ReadError> {
+        self.0.list_streams(options).await
+    }
+    async fn delete_stream(
+        &self,
+        stream: &str,
+        expected: strata::ExpectedRevision,
+    ) -> Result<strata::Position, strata::AppendError> {
+        self.0.delete_stream(stream, expected).await
+    }
+    async fn tombstone_stream(
+        &self,
+        stream: &str,
+        expected: strata::ExpectedRevision,
+    ) -> Result<strata::Position, strata::AppendError> {
+        self.0.tombstone_stream(stream, expected).await
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<Option<strata::Position>> {
+        self.0.backend().watch_head()
+    }
+    async fn stats(&self) -> Result<strata::StoreStats, strata::ReadError> {
+        self.0.stats().await
+    }
+    fn limits(&self) -> &strata::Limits {
+        self.0.limits()
+    }
+}
+
+#[tokio::test]
+async fn a_store_too_busy_to_scan_is_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = strata::Store::open(dir.path()).unwrap();
+    let store = strata::Store::from_backend(std::sync::Arc::new(BusyScans(engine)));
+    let server = start_on(store, dir, |_| {}).await;
+    let response = server
+        .send(Method::GET, "/streams/$all?stream_prefix=x", "", &[])
+        .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "1"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error_code(&body), "busy", "{body}");
+    // Unfiltered reads need no scan slot.
+    let (status, _) = server.get("/streams/$all").await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::{
     AppendError, AppendRequest, CurrentRevision, EventData, ExpectedRevision, Filter, InvalidInput,
-    Limits, ListStreamsOptions, Position, ReadAllOptions, ReadError, ReadStreamOptions,
+    Limits, ListStreamsOptions, PageEnd, Position, ReadAllOptions, ReadError, ReadStreamOptions,
     RecordedEvent, Store, StreamMetadata, SubscribeFrom, SubscriptionMessage,
 };
 
@@ -42,7 +42,8 @@ macro_rules! conformance_tests {
             invalid_input_is_rejected, stream_subscription_catches_up_then_goes_live,
             stream_subscription_from_the_end_gets_every_later_event,
             subscriptions_after_the_last_possible_revision_get_nothing,
-            all_subscription_filters_and_resumes, racing_writers_get_one_winner_per_revision);
+            all_subscription_filters_and_resumes, racing_writers_get_one_winner_per_revision,
+            filtered_reads_stop_at_their_scan_budget);
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
         $(
@@ -1242,4 +1243,74 @@ pub async fn racing_writers_get_one_winner_per_revision(h: &Harness) {
         "every win is one event, every loss none"
     );
     assert!(all.iter().enumerate().all(|(i, e)| e.revision == i as u64));
+}
+
+/// A filtered read examines at most its scan budget: `read_all_page` returns what it
+/// found and where to go on, `read_all` fails with both, and paging on finds every match.
+pub async fn filtered_reads_stop_at_their_scan_budget(h: &Harness) {
+    let store = &h.store;
+    let prefix = unique("budget-");
+    let hit = |i: usize| format!("{prefix}-hit-{i}");
+    let first = store
+        .append(hit(0), ExpectedRevision::NoStream, events(1))
+        .await
+        .unwrap()
+        .positions[0];
+    for i in 0..30 {
+        store
+            .append(
+                unique("budget-miss-"),
+                ExpectedRevision::NoStream,
+                events(1),
+            )
+            .await
+            .unwrap();
+        if i == 14 {
+            store
+                .append(hit(1), ExpectedRevision::NoStream, events(1))
+                .await
+                .unwrap();
+        }
+    }
+    let options = ReadAllOptions::forwards()
+        .from_position(first)
+        .filter(Filter::new().stream_prefix(&prefix))
+        .limit(100)
+        .scan_budget(10);
+    let page = store.read_all_page(options.clone()).await.unwrap();
+    assert_eq!(page.end, PageEnd::ScanBudget);
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].stream, hit(0));
+    let next = page.next.unwrap();
+    assert!(next > first, "the scan moved on: {next:?}");
+    match store.read_all(options.clone()).await {
+        Err(ReadError::ScanBudgetSpent {
+            found, next: at, ..
+        }) => {
+            assert_eq!(found.len(), 1);
+            assert_eq!(at, next);
+        }
+        other => panic!("expected ScanBudgetSpent, got {other:?}"),
+    }
+    let mut found = page.events;
+    let mut from = next;
+    let mut pages = 1;
+    loop {
+        let page = store
+            .read_all_page(options.clone().from_position(from))
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(pages < 10_000, "paging makes progress");
+        found.extend(page.events);
+        let next = page.next.unwrap();
+        assert!(next >= from);
+        from = next;
+        if page.end == PageEnd::End {
+            break;
+        }
+    }
+    let streams: Vec<&str> = found.iter().map(|e| e.stream.as_str()).collect();
+    assert_eq!(streams, [hit(0), hit(1)]);
+    assert!(pages >= 4, "32 events in steps of 10: {pages} pages");
 }

@@ -293,6 +293,37 @@ pub enum ReadError {
         /// The stream.
         stream: String,
     },
+    /// A filtered read of the global log examined its scan budget
+    /// ([`ReadAllOptions::scan_budget`](crate::ReadAllOptions::scan_budget)) before it
+    /// found as many events as asked for. Nothing is lost: `found` holds the events it
+    /// found, and the read goes on from `next` (pass it as `from`, with the same
+    /// options). [`EventStore::read_all_page`](crate::EventStore::read_all_page) returns
+    /// the same as a short page instead.
+    #[error(
+        "a filtered read of the global log examined its scan budget of {budget} events and \
+         found {} matching events; continue from position {next}",
+        found.len()
+    )]
+    ScanBudgetSpent {
+        /// The read's scan budget, in events.
+        budget: u64,
+        /// The matching events found, in the order read.
+        found: Vec<crate::event::RecordedEvent>,
+        /// Where to continue (forwards, the first position not examined; backwards, the
+        /// last).
+        next: crate::event::Position,
+    },
+    /// Too many scans of the global log are running; none was started. Try again later.
+    #[error(
+        "the store is busy: {running} scans of the global log are running (the limit), \
+         waited {waited:?} for one to end; try again later"
+    )]
+    Busy {
+        /// Scans running, the configured limit.
+        running: usize,
+        /// How long this read waited for one to end.
+        waited: std::time::Duration,
+    },
     /// The request broke a rule or a limit.
     #[error(transparent)]
     Invalid(#[from] InvalidInput),

@@ -31,6 +31,7 @@ pub mod metadata;
 pub mod model;
 pub mod projection;
 pub mod revision;
+pub mod scan;
 pub mod store;
 pub mod stream;
 pub mod subscription;
@@ -49,6 +50,6 @@ pub use metadata::StreamMetadata;
 pub use revision::{CurrentRevision, ExpectedRevision};
 pub use store::{
     AppendRequest, AppendResult, Direction, EventStore, ListStreamsOptions, MetadataResult,
-    ReadAllOptions, ReadStreamOptions, Store, StoreStats, StreamInfo,
+    PageEnd, ReadAllOptions, ReadAllPage, ReadStreamOptions, Store, StoreStats, StreamInfo,
 };
 pub use subscription::{SubscribeFrom, Subscription, SubscriptionMessage};

@@ -90,9 +90,20 @@ pub struct ReadAllOptions {
     pub limit: usize,
     /// Which events to return.
     pub filter: Filter,
+    /// The most events a filtered read examines, matching or not, before it stops short
+    /// of `limit` (a filter that matches nothing would otherwise scan the whole log).
+    /// [`EventStore::read_all_page`] then returns what it found and where to continue;
+    /// [`EventStore::read_all`] fails with [`ReadError::ScanBudgetSpent`], which carries
+    /// both. Reads without a filter return every event they examine and are bounded by
+    /// `limit` alone.
+    pub scan_budget: u64,
 }
 
 impl ReadAllOptions {
+    /// The default [`scan_budget`](ReadAllOptions::scan_budget): a million events, well
+    /// under a second of scanning on the embedded engine.
+    pub const SCAN_BUDGET_DEFAULT: u64 = 1_000_000;
+
     /// Oldest first, from the start, no limit, no filter.
     pub fn forwards() -> ReadAllOptions {
         ReadAllOptions {
@@ -100,6 +111,7 @@ impl ReadAllOptions {
             from: None,
             limit: usize::MAX,
             filter: Filter::new(),
+            scan_budget: ReadAllOptions::SCAN_BUDGET_DEFAULT,
         }
     }
 
@@ -127,6 +139,51 @@ impl ReadAllOptions {
     pub fn filter(mut self, filter: Filter) -> ReadAllOptions {
         self.filter = filter;
         self
+    }
+
+    /// Examines at most `events` events if filtered (at least one).
+    pub fn scan_budget(mut self, events: u64) -> ReadAllOptions {
+        self.scan_budget = events.max(1);
+        self
+    }
+}
+
+/// Why a page of the global log ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PageEnd {
+    /// It holds `limit` events; more may follow.
+    Limit,
+    /// It reached the end of the log (the start, backwards) as it was when the read ran.
+    End,
+    /// It examined its [scan budget](ReadAllOptions::scan_budget) first: it holds fewer
+    /// than `limit` events, and more may follow from [`ReadAllPage::next`].
+    ScanBudget,
+}
+
+/// One page of the global log, as [`EventStore::read_all_page`] returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadAllPage {
+    /// The events that passed the filter, in the order read.
+    pub events: Vec<RecordedEvent>,
+    /// Where the next page starts: pass it as `from` with otherwise the same options.
+    /// Every event between the page's `from` and this position (exclusive) was examined.
+    /// Forwards, the first position not examined (after the end of the log, the position
+    /// the next event will get); backwards, the last position not examined, or `None` once
+    /// position 0 was examined.
+    pub next: Option<Position>,
+    /// Why the page ended.
+    pub end: PageEnd,
+}
+
+impl ReadAllPage {
+    /// Forwards: every position below this one has been examined (`None`: none has).
+    /// What a reader that follows the log has checked, whether or not anything matched.
+    pub fn examined_through(&self) -> Option<Position> {
+        self.next
+            .and_then(|next| next.0.checked_sub(1))
+            .map(Position)
     }
 }
 
@@ -254,7 +311,58 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Reads the global log, filtered. Metadata rules of streams do not hide events
     /// here (as in KurrentDB); scavenging removes them later.
+    ///
+    /// A filtered read that examines its [scan budget](ReadAllOptions::scan_budget)
+    /// before it finds `limit` events fails with [`ReadError::ScanBudgetSpent`], which
+    /// holds the events found and where to continue: a page shorter than `limit` always
+    /// means the end of the log. [`read_all_page`](EventStore::read_all_page) returns
+    /// such a page instead.
     async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, ReadError>;
+
+    /// Reads one page of the global log: like [`read_all`](EventStore::read_all), but a
+    /// page cut short by the scan budget is returned as it is, with where to continue
+    /// and why it ended.
+    ///
+    /// The default implementation calls `read_all` and works out where the page ended:
+    /// a short page examined the log up to at least the head published before the read
+    /// (no event appears at or below a published head later). Backends override it to
+    /// report exactly how far they scanned.
+    async fn read_all_page(&self, options: ReadAllOptions) -> Result<ReadAllPage, ReadError> {
+        let head = *self.watch_head().borrow();
+        let (direction, from, limit) = (options.direction, options.from, options.limit);
+        let events = match self.read_all(options).await {
+            Ok(events) => events,
+            Err(ReadError::ScanBudgetSpent { found, next, .. }) => {
+                return Ok(ReadAllPage {
+                    events: found,
+                    next: Some(next),
+                    end: PageEnd::ScanBudget,
+                })
+            }
+            Err(error) => return Err(error),
+        };
+        let last = events.last().map(|event| event.position);
+        let full = events.len() >= limit;
+        let next = match (direction, full) {
+            (Direction::Forwards, true) => last.and_then(|p| p.0.checked_add(1)).map(Position),
+            (Direction::Forwards, false) => {
+                let past_head = head.map_or(Position::START, Position::next);
+                let past_last = last.map_or(Position::START, Position::next);
+                Some(
+                    from.unwrap_or(Position::START)
+                        .max(past_head)
+                        .max(past_last),
+                )
+            }
+            (Direction::Backwards, true) => last.and_then(|p| p.0.checked_sub(1)).map(Position),
+            (Direction::Backwards, false) => None,
+        };
+        Ok(ReadAllPage {
+            events,
+            next,
+            end: if full { PageEnd::Limit } else { PageEnd::End },
+        })
+    }
 
     /// Lists streams that have events and are not deleted, sorted by name.
     async fn list_streams(&self, options: ListStreamsOptions)
@@ -399,9 +507,15 @@ impl Store {
         self.backend.read_stream(stream, options).await
     }
 
-    /// Reads the global log.
+    /// Reads the global log (see [`EventStore::read_all`]).
     pub async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, ReadError> {
         self.backend.read_all(options).await
+    }
+
+    /// Reads one page of the global log, which a filtered read may cut short at its scan
+    /// budget (see [`EventStore::read_all_page`]).
+    pub async fn read_all_page(&self, options: ReadAllOptions) -> Result<ReadAllPage, ReadError> {
+        self.backend.read_all_page(options).await
     }
 
     /// Lists streams.

@@ -14,10 +14,12 @@ use tokio::sync::watch;
 use crate::error::{ReadError, StorageError};
 use crate::event::{Position, RecordedEvent};
 use crate::filter::Filter;
-use crate::store::{EventStore, ReadAllOptions, ReadStreamOptions};
+use crate::store::{EventStore, PageEnd, ReadAllOptions, ReadStreamOptions};
 
 /// Events read per chunk.
 const CHUNK_EVENTS: usize = 512;
+/// How long a subscription waits before it reads again when the store was busy.
+const BUSY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Where a subscription starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,13 +204,26 @@ impl Subscription {
                     .from_position(from)
                     .limit(CHUNK_EVENTS)
                     .filter(filter.clone());
-                let events = self.store.read_all(options).await?;
-                if let Some(last) = events.last() {
-                    *next = last.position.checked_next();
-                    self.scanned_through = Some(last.position);
+                let page = match self.store.read_all_page(options).await {
+                    Ok(page) => page,
+                    Err(ReadError::Busy { .. }) => {
+                        // The store has waited for a scan slot already; a subscription
+                        // has nobody to hand the error to but its reader, who would
+                        // only try again: wait a little, then do so.
+                        tokio::time::sleep(BUSY_RETRY_AFTER).await;
+                        return Ok(false);
+                    }
+                    Err(error) => return Err(error),
+                };
+                // Move past everything the read examined, matching or not, so the next
+                // read does not check it again (a filter that rarely matches would
+                // otherwise rescan from its last match after every append).
+                if let Some(after) = page.next {
+                    *next = Some(from.max(after));
                 }
-                let complete = events.len() < CHUNK_EVENTS;
-                self.buffer.extend(events);
+                self.scanned_through = self.scanned_through.max(page.examined_through());
+                let complete = page.end == PageEnd::End;
+                self.buffer.extend(page.events);
                 Ok(complete)
             }
             Target::Stream { name, next } => {

@@ -4,7 +4,9 @@ use std::io::{BufWriter, Write};
 
 use clap::Args;
 use serde::Deserialize;
-use strata::{Direction, Position, ReadAllOptions, ReadStreamOptions, RecordedEvent, Store};
+use strata::{
+    Direction, PageEnd, Position, ReadAllOptions, ReadStreamOptions, RecordedEvent, Store,
+};
 
 use super::{close_store, open_store, FilterArgs, Target, ALL};
 use crate::client::{encode, query, recorded_event, ServerClient};
@@ -106,40 +108,46 @@ async fn read(store: &Store, args: &ReadArgs) -> Result<(), CliError> {
     let mut from = args.from;
     while remaining > 0 {
         let page = remaining.min(PAGE_EVENTS);
-        let events = if args.stream == ALL {
+        let (events, next) = if args.stream == ALL {
             let options = ReadAllOptions {
                 direction,
                 from: from.map(Position),
                 limit: page,
                 filter: args.filter.to_filter(),
+                scan_budget: ReadAllOptions::SCAN_BUDGET_DEFAULT,
             };
-            store.read_all(options).await?
+            let read = store.read_all_page(options).await?;
+            // A page cut short by the scan budget is not the end: go on from where the
+            // scan stopped.
+            let next = match read.end {
+                PageEnd::End => None,
+                _ => read.next.map(|position| position.0),
+            };
+            (read.events, next)
         } else {
             let options = ReadStreamOptions {
                 direction,
                 from,
                 limit: page,
             };
-            store.read_stream(&args.stream, options).await?
+            let events = store.read_stream(&args.stream, options).await?;
+            let next = match (events.last(), direction) {
+                (Some(last), Direction::Forwards) if events.len() == page => {
+                    Some(last.revision + 1)
+                }
+                (Some(last), Direction::Backwards) if events.len() == page => {
+                    last.revision.checked_sub(1)
+                }
+                _ => None,
+            };
+            (events, next)
         };
         printer.print(&events)?;
         remaining -= events.len();
-        let last = match events.last() {
-            Some(last) if events.len() == page => last,
-            _ => break,
-        };
-        let at = if args.stream == ALL {
-            last.position.0
-        } else {
-            last.revision
-        };
-        from = match direction {
-            Direction::Forwards => Some(at + 1),
-            Direction::Backwards => match at.checked_sub(1) {
-                Some(previous) => Some(previous),
-                None => break,
-            },
-        };
+        match next {
+            Some(next) => from = Some(next),
+            None => break,
+        }
     }
     if args.format == Format::Table && args.limit != Some(0) {
         // An empty table still shows its header.

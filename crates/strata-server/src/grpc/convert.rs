@@ -257,6 +257,8 @@ pub fn read_error(error: &ReadError) -> Status {
     match error {
         ReadError::StreamDeleted { stream } => stream_deleted(stream),
         ReadError::Storage(error) => storage(error),
+        // Retryable: clients retry UNAVAILABLE with a backoff.
+        ReadError::Busy { .. } => Status::unavailable(error.to_string()),
         other => Status::new(Code::Unknown, other.to_string()),
     }
 }

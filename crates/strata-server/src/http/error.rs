@@ -16,6 +16,9 @@ use strata::{
 };
 use uuid::Uuid;
 
+/// What `Retry-After` says when the store is too busy to start a scan.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// Why an HTTP request failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -101,9 +104,16 @@ impl ApiError {
             ApiError::BodyReadTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "body_read_timeout"),
             ApiError::Append(error) => append_parts(error, &mut extra),
             ApiError::Read(error) => read_parts(error, &mut extra),
-            ApiError::Filter(FilterError::BadRegex { pattern, .. }) => {
-                extra.insert("pattern".into(), json!(pattern));
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_filter")
+            ApiError::Filter(error) => {
+                if let Some(pattern) = error.pattern() {
+                    extra.insert("pattern".into(), json!(pattern));
+                }
+                let code = match error {
+                    FilterError::RegexTooLong { .. } => "filter_regex_too_long",
+                    FilterError::RegexTooBig { .. } => "filter_regex_too_big",
+                    _ => "invalid_filter",
+                };
+                (StatusCode::UNPROCESSABLE_ENTITY, code)
             }
             ApiError::PositionNotReached {
                 min_position, head, ..
@@ -120,6 +130,15 @@ impl ApiError {
             ApiError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
         };
         (status, code, extra)
+    }
+
+    /// How long a client should wait before it tries again, for errors that pass by
+    /// themselves (sent as `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Read(ReadError::Busy { .. }) => Some(BUSY_RETRY_AFTER),
+            _ => None,
+        }
     }
 
     /// The HTTP status this error is answered with.
@@ -184,6 +203,12 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             response.extensions_mut().insert(FailureLogged);
         }
+        if let Some(after) = self.retry_after() {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
         response
     }
 }
@@ -242,6 +267,15 @@ fn read_parts(error: &ReadError, extra: &mut Map<String, Value>) -> (StatusCode,
         ReadError::StreamDeleted { stream } => {
             extra.insert("stream".into(), json!(stream));
             (StatusCode::GONE, "stream_deleted")
+        }
+        ReadError::Busy { running, .. } => {
+            extra.insert("running_scans".into(), json!(running));
+            (StatusCode::SERVICE_UNAVAILABLE, "busy")
+        }
+        ReadError::ScanBudgetSpent { next, .. } => {
+            // Reads that page answer a short page instead; this is for any other.
+            extra.insert("next_from".into(), json!(next.0));
+            (StatusCode::SERVICE_UNAVAILABLE, "scan_budget_spent")
         }
         ReadError::Invalid(invalid) => invalid_parts(invalid),
         ReadError::Storage(storage) => storage_parts(storage),

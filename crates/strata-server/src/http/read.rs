@@ -7,7 +7,8 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use strata::{
-    Direction, ListStreamsOptions, Position, ReadAllOptions, ReadStreamOptions, RecordedEvent,
+    Direction, ListStreamsOptions, PageEnd, Position, ReadAllOptions, ReadStreamOptions,
+    RecordedEvent,
 };
 
 use super::error::ApiError;
@@ -36,7 +37,8 @@ pub struct ReadResponse<'a> {
     /// The events, in the order read.
     events: Vec<EventOutput<'a>>,
     /// Pass as `from` (with the same other parameters) for the next page; `null` when
-    /// this page reached the end.
+    /// this page reached the end. A filtered read of `$all` that examined its scan budget
+    /// returns fewer events than `limit` (maybe none) and the position it reached here.
     next_from: Option<u64>,
 }
 
@@ -61,15 +63,23 @@ pub async fn read(
     };
     params.finish()?;
     wait_for_position(&http, min_position).await?;
-    let events = match filter {
+    let (events, scan_stopped_at) = match filter {
         Some(filter) => {
             let options = ReadAllOptions {
                 direction,
                 from: from.map(Position),
                 limit,
                 filter,
+                scan_budget: http.state.options.scan_budget,
             };
-            http.state.store.read_all(options).await?
+            let read = http.state.store.read_all_page(options).await?;
+            // A filtered read cut short by its scan budget: a short page, and the
+            // position the scan reached as `next_from`.
+            let stopped_at = match read.end {
+                PageEnd::ScanBudget => read.next.map(|position| position.0),
+                _ => None,
+            };
+            (read.events, stopped_at)
         }
         None => {
             let options = ReadStreamOptions {
@@ -77,10 +87,10 @@ pub async fn read(
                 from,
                 limit,
             };
-            http.state.store.read_stream(&stream, options).await?
+            (http.state.store.read_stream(&stream, options).await?, None)
         }
     };
-    let page = page(&stream, direction, limit, &events);
+    let page = page(&stream, direction, limit, &events, scan_stopped_at);
     http.state
         .metrics
         .events_read
@@ -105,12 +115,14 @@ fn take_limit(params: &mut Params) -> Result<usize, ApiError> {
 }
 
 /// The response for `events`, cut at [`READ_RESPONSE_BYTES_MAX`], with where the next
-/// page starts.
+/// page starts: after the last event kept if the page is full or was cut, else where a
+/// scan cut short by its budget stopped (`scan_stopped_at`), else nowhere (the end).
 fn page<'a>(
     stream: &'a str,
     direction: Direction,
     limit: usize,
     events: &'a [RecordedEvent],
+    scan_stopped_at: Option<u64>,
 ) -> ReadResponse<'a> {
     let mut bytes = 0;
     // Always at least one event, so a huge event cannot stall paging.
@@ -136,7 +148,7 @@ fn page<'a>(
                 Direction::Backwards => at.checked_sub(1),
             }
         }
-        _ => None,
+        _ => scan_stopped_at,
     };
     ReadResponse {
         stream,

@@ -17,6 +17,7 @@ mod writer;
 
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -27,8 +28,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::{AppendError, OpenError, ReadError, StorageError};
 use crate::event::{Position, RecordedEvent, Timestamp};
 use crate::store::{
-    AppendRequest, AppendResult, Direction, EventStore, ListStreamsOptions, ReadAllOptions,
-    ReadStreamOptions, StoreStats, StreamInfo,
+    AppendRequest, AppendResult, Direction, EventStore, ListStreamsOptions, PageEnd,
+    ReadAllOptions, ReadAllPage, ReadStreamOptions, StoreStats, StreamInfo,
 };
 use crate::{stream, ExpectedRevision};
 use format::record::RecordView;
@@ -48,6 +49,9 @@ const INLINE_READ_EVENTS_MAX: usize = 4096;
 /// The embedded event store.
 pub struct Engine {
     shared: Arc<Shared>,
+    /// Slots for reads that run on the blocking pool (filtered or large reads of the
+    /// global log), so a burst of them cannot take every thread.
+    scans: crate::scan::ScanSlots,
     queue: Option<mpsc::Sender<Command>>,
     /// Bytes of appends queued for or being written by the writer, against
     /// `Options::write_queue_bytes_max`: one permit per byte, held until the answer.
@@ -95,6 +99,7 @@ impl Engine {
         let (head_sender, _) = watch::channel(head);
         let write_queue_max = options.write_queue_max;
         let queue_bytes = Arc::new(tokio::sync::Semaphore::new(options.write_queue_bytes_max));
+        let scans = crate::scan::ScanSlots::new(options.scans_max, options.scan_wait_max);
         let shared = Arc::new(Shared {
             storage,
             options,
@@ -113,8 +118,15 @@ impl Engine {
         }
         // recorded_at never goes backwards along the log, even if the clock does: start
         // from the last recorded event (the scan may have started after it).
-        let last = reader::read_all_backwards(&shared, None, 1, &crate::Filter::new())?;
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let one = reader::ScanBounds {
+            limit: 1,
+            budget: u64::MAX,
+            cancelled: &never,
+        };
+        let last = reader::read_all_backwards(&shared, None, &crate::Filter::new(), &one)?;
         let last_recorded_at = last
+            .events
             .first()
             .map_or(0, |event| event.recorded_at.as_micros())
             .max(recovered.last_recorded_at);
@@ -128,6 +140,7 @@ impl Engine {
             })?;
         Ok(Engine {
             shared,
+            scans,
             queue: Some(queue),
             queue_bytes,
             writer: Mutex::new(Some(handle)),
@@ -144,6 +157,31 @@ impl Engine {
     /// The options the store was opened with.
     pub fn options(&self) -> &Options {
         &self.shared.options
+    }
+
+    /// Reads running on the blocking pool now (filtered or large reads of the global
+    /// log), at most [`Options::scans_max`].
+    pub fn scans_running(&self) -> usize {
+        self.scans.running()
+    }
+
+    /// Reads one page of the global log on the blocking pool, holding a scan slot; the
+    /// scan stops soon after this future is dropped.
+    async fn scan_all(&self, options: ReadAllOptions) -> Result<ReadAllPage, ReadError> {
+        let slot = self.scans.acquire().await?;
+        let shared = self.shared.clone();
+        let guard = crate::scan::CancelOnDrop::new();
+        let cancelled = guard.flag();
+        let work = move || {
+            // The slot is freed when the scan ends, not when its caller stops waiting.
+            let _slot = slot;
+            read_all_on(&shared, &options, &cancelled)
+        };
+        let result = tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or(Err(ReadError::Storage(StorageError::Closed)));
+        drop(guard);
+        result
     }
 
     /// Visits the durable events of the global log from `from` (inclusive), in log
@@ -409,35 +447,32 @@ impl Drop for Engine {
     }
 }
 
-fn read_all_on(shared: &Shared, options: &ReadAllOptions) -> Result<Vec<RecordedEvent>, ReadError> {
-    let events = match options.direction {
+fn read_all_on(
+    shared: &Shared,
+    options: &ReadAllOptions,
+    cancelled: &AtomicBool,
+) -> Result<ReadAllPage, ReadError> {
+    let bounds = reader::ScanBounds {
+        limit: options.limit,
+        budget: options.scan_budget,
+        cancelled,
+    };
+    let scanned = match options.direction {
         Direction::Forwards => reader::read_all_forwards(
             shared,
             options.from.unwrap_or(Position::START).0,
-            options.limit,
             &options.filter,
+            &bounds,
         )?,
-        Direction::Backwards => reader::read_all_backwards(
-            shared,
-            options.from.map(|p| p.0),
-            options.limit,
-            &options.filter,
-        )?,
+        Direction::Backwards => {
+            reader::read_all_backwards(shared, options.from.map(|p| p.0), &options.filter, &bounds)?
+        }
     };
-    Ok(events)
-}
-
-/// Runs `work` on the blocking pool if the read is large.
-async fn run_read<T: Send + 'static>(
-    large: bool,
-    work: impl FnOnce() -> Result<T, ReadError> + Send + 'static,
-) -> Result<T, ReadError> {
-    if !large {
-        return work();
-    }
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or(Err(ReadError::Storage(StorageError::Closed)))
+    Ok(ReadAllPage {
+        events: scanned.events,
+        next: scanned.next.map(Position),
+        end: scanned.end,
+    })
 }
 
 #[async_trait]
@@ -493,10 +528,25 @@ impl EventStore for Engine {
     }
 
     async fn read_all(&self, options: ReadAllOptions) -> Result<Vec<RecordedEvent>, ReadError> {
-        let shared = self.shared.clone();
+        let budget = options.scan_budget;
+        let page = self.read_all_page(options).await?;
+        match (page.end, page.next) {
+            (PageEnd::ScanBudget, Some(next)) => Err(ReadError::ScanBudgetSpent {
+                budget,
+                found: page.events,
+                next,
+            }),
+            _ => Ok(page.events),
+        }
+    }
+
+    async fn read_all_page(&self, options: ReadAllOptions) -> Result<ReadAllPage, ReadError> {
         // A filtered read may scan far more events than it returns: never inline.
-        let large = options.limit > INLINE_READ_EVENTS_MAX || !options.filter.is_empty();
-        run_read(large, move || read_all_on(&shared, &options)).await
+        if options.limit > INLINE_READ_EVENTS_MAX || !options.filter.is_empty() {
+            return self.scan_all(options).await;
+        }
+        let never = AtomicBool::new(false);
+        read_all_on(&self.shared, &options, &never)
     }
 
     async fn list_streams(

@@ -1,5 +1,7 @@
 //! Options of the embedded engine.
 
+use std::time::Duration;
+
 use crate::error::OpenError;
 use crate::limits::Limits;
 
@@ -41,6 +43,12 @@ pub struct Options {
     pub write_queue_bytes_max: usize,
     /// Most bytes the writer puts in one batch (one write, one sync).
     pub batch_bytes_max: usize,
+    /// Most reads of the global log running at once on the blocking pool (filtered
+    /// reads, and reads of more than a few thousand events); more wait for a slot.
+    pub scans_max: usize,
+    /// How long a read waits for a scan slot before it fails with
+    /// [`ReadError::Busy`](crate::ReadError::Busy).
+    pub scan_wait_max: Duration,
 }
 
 /// What a part costs in the queue and in a batch besides its events: a delete or a
@@ -61,6 +69,15 @@ pub fn queued_bytes_max(limits: &Limits) -> usize {
 impl Options {
     /// Default segment size: 256 MiB.
     pub const SEGMENT_SIZE_BYTES: u32 = 256 << 20;
+    /// Default wait for a scan slot: 5 s.
+    pub const SCAN_WAIT_MAX: Duration = Duration::from_secs(5);
+
+    /// Default most scans at once: twice the cores, at least 4.
+    pub fn default_scans_max() -> usize {
+        std::thread::available_parallelism()
+            .map_or(4, |cores| cores.get() * 2)
+            .max(4)
+    }
 
     /// Checks that the options fit together.
     pub fn validate(&self) -> Result<(), OpenError> {
@@ -100,8 +117,10 @@ impl Options {
         if self.limits.event_size_bytes_max > self.limits.append_size_bytes_max {
             return invalid("event_size_bytes_max exceeds append_size_bytes_max".into());
         }
-        if self.write_queue_max == 0 || self.batch_bytes_max == 0 {
-            return invalid("write_queue_max and batch_bytes_max must be positive".into());
+        if self.write_queue_max == 0 || self.batch_bytes_max == 0 || self.scans_max == 0 {
+            return invalid(
+                "write_queue_max, batch_bytes_max and scans_max must be positive".into(),
+            );
         }
         let largest_append = queued_bytes_max(&self.limits);
         if self.write_queue_bytes_max < largest_append
@@ -146,6 +165,8 @@ impl Default for Options {
             write_queue_max: 8192,
             write_queue_bytes_max: 256 << 20,
             batch_bytes_max: 16 << 20,
+            scans_max: Options::default_scans_max(),
+            scan_wait_max: Options::SCAN_WAIT_MAX,
         }
     }
 }

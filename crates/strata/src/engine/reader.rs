@@ -2,6 +2,7 @@
 //! location. Readers only look below the durable end the writer published.
 
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use super::state::Shared;
 use crate::error::StorageError;
 use crate::event::RecordedEvent;
 use crate::filter::Filter;
+use crate::store::PageEnd;
 
 /// Bytes read at a time when scanning frames.
 const CHUNK_BYTES: usize = 256 << 10;
@@ -122,41 +124,103 @@ fn corrupt_frame(file_name: &str, offset: u64, error: frame::FrameError) -> Stor
     StorageError::corrupt(file_name, offset, reason)
 }
 
+/// How far a scan of the global log may go.
+pub struct ScanBounds<'a> {
+    /// Most events to return.
+    pub limit: usize,
+    /// Most events a filtered scan examines (unfiltered scans return every event they
+    /// examine, so `limit` bounds them).
+    pub budget: u64,
+    /// Set once nobody waits for the result any more: the scan stops at the next event.
+    pub cancelled: &'a AtomicBool,
+}
+
+impl ScanBounds<'_> {
+    fn budget_for(&self, filter: &Filter) -> u64 {
+        if filter.is_empty() {
+            u64::MAX
+        } else {
+            self.budget.max(1)
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+/// What a scan of the global log found, and how far it got.
+#[derive(Debug)]
+pub struct Scanned {
+    /// Matching events, in the order read.
+    pub events: Vec<RecordedEvent>,
+    /// Where the next page starts (see [`ReadAllPage::next`](crate::ReadAllPage::next)).
+    pub next: Option<u64>,
+    /// Why the scan stopped. A cancelled scan reports [`PageEnd::ScanBudget`]: it stopped
+    /// early, and `next` says how far it got (nobody reads it, though).
+    pub end: PageEnd,
+}
+
 /// Reads the global log forwards from `from` (inclusive).
 pub fn read_all_forwards(
     shared: &Shared,
     from: u64,
-    limit: usize,
     filter: &Filter,
-) -> Result<Vec<RecordedEvent>, StorageError> {
-    let mut out = Vec::new();
+    bounds: &ScanBounds<'_>,
+) -> Result<Scanned, StorageError> {
+    let limit = bounds.limit;
+    let budget = bounds.budget_for(filter);
+    let mut scanned = Scanned {
+        events: Vec::new(),
+        // The first position not examined.
+        next: Some(from),
+        end: PageEnd::End,
+    };
     if limit == 0 {
-        return Ok(out);
+        scanned.end = PageEnd::Limit;
+        return Ok(scanned);
     }
     let (mut index, mut offset) = {
         let segments = shared.segments();
         let Some(i) = segments.find(from) else {
-            return Ok(out);
+            return Ok(scanned);
         };
         let Some((_, offset)) = segments.list[i].seek(from) else {
-            return Ok(out);
+            return Ok(scanned);
         };
         (i, offset)
     };
+    let mut examined = 0u64;
+    let overruns_at_start = filter.backtrack_overruns();
     loop {
         let Some((file, name, end)) = segment_at(shared, index) else {
             break;
         };
+        let out = &mut scanned;
         let flow = for_each_frame(&*file, &name, u64::from(offset), u64::from(end), |found| {
             if found.header.end_position() <= from {
                 return Ok(ControlFlow::Continue(()));
             }
             found.for_each_record(&name, |view, _| {
-                if view.position >= from && filter.matches(view.stream, view.event_type) {
-                    out.push(view.to_event(found.chunk));
-                    if out.len() >= limit {
+                if view.position < from {
+                    return ControlFlow::Continue(());
+                }
+                if bounds.is_cancelled() {
+                    out.end = PageEnd::ScanBudget;
+                    return ControlFlow::Break(());
+                }
+                out.next = view.position.checked_add(1);
+                examined += 1;
+                if filter.matches(view.stream, view.event_type) {
+                    out.events.push(view.to_event(found.chunk));
+                    if out.events.len() >= limit {
+                        out.end = PageEnd::Limit;
                         return ControlFlow::Break(());
                     }
+                }
+                if filter.scan_cost(examined, overruns_at_start) >= budget {
+                    out.end = PageEnd::ScanBudget;
+                    return ControlFlow::Break(());
                 }
                 ControlFlow::Continue(())
             })
@@ -167,7 +231,7 @@ pub fn read_all_forwards(
         index += 1;
         offset = segment::HEADER_LEN as u32;
     }
-    Ok(out)
+    Ok(scanned)
 }
 
 fn segment_at(shared: &Shared, index: usize) -> Option<(Arc<dyn StorageFile>, String, u32)> {
@@ -181,68 +245,120 @@ fn segment_at(shared: &Shared, index: usize) -> Option<(Arc<dyn StorageFile>, St
 }
 
 /// Reads the global log backwards from `from` (inclusive; `None`: the last event).
+///
+/// The log is read one sparse block at a time (a bounded run of frames, oldest first,
+/// then reversed), so the scan budget is checked between blocks and may be overrun by
+/// up to one block.
 pub fn read_all_backwards(
     shared: &Shared,
     from: Option<u64>,
-    limit: usize,
     filter: &Filter,
-) -> Result<Vec<RecordedEvent>, StorageError> {
-    let mut out = Vec::new();
+    bounds: &ScanBounds<'_>,
+) -> Result<Scanned, StorageError> {
+    let limit = bounds.limit;
+    let budget = bounds.budget_for(filter);
+    let mut scanned = Scanned {
+        events: Vec::new(),
+        next: None,
+        end: PageEnd::End,
+    };
     let (mut index, mut block, target) = {
         let segments = shared.segments();
         let Some(last) = segments.next_position().checked_sub(1) else {
-            return Ok(out);
+            return Ok(scanned);
         };
         let target = from.map_or(last, |from| from.min(last));
         let Some(i) = segments.find(target) else {
-            return Ok(out);
+            return Ok(scanned);
         };
         let Some((block, _)) = segments.list[i].seek(target) else {
-            return Ok(out);
+            return Ok(scanned);
         };
         (i, block, target)
     };
+    // The last position not examined.
+    scanned.next = Some(target);
+    if limit == 0 {
+        scanned.end = PageEnd::Limit;
+        return Ok(scanned);
+    }
+    let mut examined = 0u64;
+    let overruns_at_start = filter.backtrack_overruns();
     let mut found = Vec::new();
-    while out.len() < limit {
+    loop {
         // One sparse block: from its remembered frame start to the next one.
-        let (file, name, start, end) = {
+        let (file, name, first_position, start, end) = {
             let segments = shared.segments();
             let segment = &segments.list[index];
-            let start = segment.sparse[block].1;
+            let (first_position, start) = segment.sparse[block];
             let end = segment
                 .sparse
                 .get(block + 1)
                 .map_or(segment.end_offset, |s| s.1);
-            (segment.file.clone(), segment.name.clone(), start, end)
+            (
+                segment.file.clone(),
+                segment.name.clone(),
+                first_position,
+                start,
+                end,
+            )
         };
         found.clear();
-        let _complete = for_each_frame(&*file, &name, u64::from(start), u64::from(end), |frame| {
+        let flow = for_each_frame(&*file, &name, u64::from(start), u64::from(end), |frame| {
+            if bounds.is_cancelled() {
+                return Ok(ControlFlow::Break(()));
+            }
             frame.for_each_record(&name, |view, _| {
-                if view.position <= target && filter.matches(view.stream, view.event_type) {
-                    found.push(view.to_event(frame.chunk));
+                if view.position <= target {
+                    examined += 1;
+                    if filter.matches(view.stream, view.event_type) {
+                        found.push(view.to_event(frame.chunk));
+                    }
                 }
                 ControlFlow::Continue(())
             })
         })?;
-        out.extend(found.drain(..).rev().take(limit - out.len()));
+        if flow.is_break() {
+            // Cancelled part way through the block: `next` still covers all of it.
+            scanned.end = PageEnd::ScanBudget;
+            return Ok(scanned);
+        }
+        let wanted = limit - scanned.events.len();
+        if found.len() >= wanted {
+            scanned.events.extend(found.drain(..).rev().take(wanted));
+            scanned.next = scanned
+                .events
+                .last()
+                .and_then(|event| event.position.0.checked_sub(1));
+            scanned.end = PageEnd::Limit;
+            return Ok(scanned);
+        }
+        scanned.events.extend(found.drain(..).rev());
+        scanned.next = first_position.checked_sub(1);
         // Step back one block, skipping segments with no frames.
         if block > 0 {
             block -= 1;
-            continue;
-        }
-        let segments = shared.segments();
-        let previous = (0..index)
-            .rev()
-            .find(|&i| !segments.list[i].sparse.is_empty());
-        match previous {
-            Some(i) => {
-                index = i;
-                block = segments.list[i].sparse.len() - 1;
+        } else {
+            let segments = shared.segments();
+            let previous = (0..index)
+                .rev()
+                .find(|&i| !segments.list[i].sparse.is_empty());
+            match previous {
+                Some(i) => {
+                    index = i;
+                    block = segments.list[i].sparse.len() - 1;
+                }
+                None => {
+                    scanned.next = None;
+                    return Ok(scanned);
+                }
             }
-            None => break,
+        }
+        if filter.scan_cost(examined, overruns_at_start) >= budget {
+            scanned.end = PageEnd::ScanBudget;
+            return Ok(scanned);
         }
     }
-    Ok(out)
 }
 
 /// Reads the events at `locations`, in the given order, checking each record's checksum.

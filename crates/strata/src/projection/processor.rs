@@ -19,7 +19,7 @@ use super::error::{ProjectionError, RunError, SinkError};
 use super::sink::{Sink, Transaction};
 use crate::event::{Position, RecordedEvent};
 use crate::filter::Filter;
-use crate::store::{ReadAllOptions, Store};
+use crate::store::{PageEnd, ReadAllOptions, Store};
 
 /// How many events were handed to a handler.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -282,20 +282,28 @@ where
             .from_position(from)
             .limit(self.sizes.page_events)
             .filter(self.filter.clone());
-        let events = self.store.read_all(options).await?;
-        for event in &events {
+        let page = self.store.read_all_page(options).await?;
+        for event in &page.events {
             self.apply(event)?;
             if self.in_tx >= self.sizes.batch_events {
                 self.flush().await?;
             }
         }
-        if events.len() == self.sizes.page_events {
-            return Ok(Page::More);
+        // `apply` moved `scanned` to each event; the page may have examined more.
+        match page.end {
+            PageEnd::End => {
+                // A page that reached the end read everything visible when it started.
+                let last = page.events.last().map(|event| event.position);
+                self.scanned = self.scanned.max(head.max(last));
+                Ok(Page::Done)
+            }
+            PageEnd::ScanBudget => {
+                // Cut short by the scan budget: move past what it examined.
+                self.scanned = self.scanned.max(page.examined_through());
+                Ok(Page::More)
+            }
+            _ => Ok(Page::More),
         }
-        // A short page read everything visible when the read started.
-        let last = events.last().map(|event| event.position);
-        self.scanned = self.scanned.max(head.max(last));
-        Ok(Page::Done)
     }
 
     /// Processes everything up to the head of the log and commits it.

@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 
 use prost_types::Timestamp as WireTimestamp;
 use strata::{
-    Direction, Filter, Position, ReadAllOptions, ReadError, ReadStreamOptions, RecordedEvent,
-    SubscribeFrom, SubscriptionMessage,
+    Direction, Filter, PageEnd, Position, ReadAllOptions, ReadError, ReadStreamOptions,
+    RecordedEvent, SubscribeFrom, SubscriptionMessage,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -35,6 +35,8 @@ use crate::state::ServerState;
 
 /// Events read from the store per page.
 const PAGE: usize = 512;
+/// Events a filtered subscription matches between two yields to the runtime.
+const MATCHES_PER_YIELD: usize = 64;
 
 /// Which events a read covers.
 enum Source {
@@ -331,6 +333,10 @@ async fn read_events(
                     None => return Ok(()),
                 },
             };
+            // As KurrentDB: page after page, each examining a bounded window of the
+            // log, until `count` events matched or the log ends. A filter that matches
+            // nothing walks the whole log, one bounded step at a time, and stops (the
+            // step under way too) when the client goes away.
             while remaining > 0 {
                 let limit = usize::try_from(remaining).unwrap_or(usize::MAX).min(PAGE);
                 let mut options = match direction {
@@ -338,29 +344,23 @@ async fn read_events(
                     Direction::Backwards => ReadAllOptions::backwards(),
                 }
                 .limit(limit)
-                .filter(filter.clone());
+                .filter(filter.clone())
+                .scan_budget(out.state.options.scan_budget);
                 options.from = next;
-                let events = out
+                let page = out
                     .state
                     .store
-                    .read_all(options)
+                    .read_all_page(options)
                     .await
                     .map_err(|error| convert::read_error(&error))?;
-                for event in &events {
+                for event in &page.events {
                     out.event(event).await?;
                 }
-                remaining -= events.len() as u64;
-                let Some(last) = events.last() else { break };
-                if events.len() < limit {
-                    break;
+                remaining -= page.events.len() as u64;
+                match (page.end, page.next) {
+                    (PageEnd::End, _) | (_, None) => break,
+                    (_, Some(position)) => next = Some(position),
                 }
-                next = match direction {
-                    Direction::Forwards => Some(last.position.next()),
-                    Direction::Backwards => match last.position.0.checked_sub(1) {
-                        Some(p) => Some(Position(p)),
-                        None => break,
-                    },
-                };
             }
             Ok(())
         }
@@ -449,6 +449,7 @@ async fn run_subscription(out: &Out, source: Source) -> Result<(), Status> {
             // event it scans, to send checkpoints through long runs that do not match.
             let mut subscription = store.subscribe_all(from, Filter::new());
             let mut scanned_since_checkpoint = 0u64;
+            let mut scanned_since_yield = 0usize;
             let mut last_scanned: Option<Position> = None;
             loop {
                 match subscription
@@ -463,6 +464,15 @@ async fn run_subscription(out: &Out, source: Source) -> Result<(), Status> {
                             Some(f) => {
                                 if f.filter.matches_event(&event) {
                                     out.event(&event).await?;
+                                }
+                                // Matching runs on the async runtime, a bounded cost per
+                                // event (see `strata::Pattern`); events that do not
+                                // match never wait, so yield now and then to let the
+                                // thread's other tasks run.
+                                scanned_since_yield += 1;
+                                if scanned_since_yield >= MATCHES_PER_YIELD {
+                                    scanned_since_yield = 0;
+                                    tokio::task::yield_now().await;
                                 }
                                 scanned_since_checkpoint += 1;
                                 if scanned_since_checkpoint >= f.checkpoint_every {

@@ -27,7 +27,7 @@ use crate::projection::definition::Projection;
 use crate::projection::error::RunError;
 use crate::projection::processor::EventCounts;
 use crate::projection::sink::Sink;
-use crate::store::{ReadAllOptions, Store};
+use crate::store::{PageEnd, ReadAllOptions, Store};
 
 /// Messages waiting per worker.
 const QUEUE_MESSAGES_MAX: usize = 8;
@@ -329,8 +329,8 @@ where
                 .from_position(from)
                 .limit(page_events)
                 .filter(self.filter.clone());
-            let page = runtime.block_on(store.read_all(options))?;
-            for event in &page {
+            let page = runtime.block_on(store.read_all_page(options))?;
+            for event in &page.events {
                 match self.admit(
                     event.position.0,
                     event.recorded_at,
@@ -343,16 +343,25 @@ where
                 }
                 from = event.position.next();
             }
-            if page.len() < page_events {
-                // A short page read everything up to the head seen before it.
-                let through = match self.until {
-                    Until::Head => head,
-                    Until::Position(bound) => head.min(Some(bound)),
-                    Until::Time(_) => None,
-                };
-                self.visited = self.visited.max(through);
-                return Ok(());
+            match (page.end, page.next) {
+                (PageEnd::End, _) => {}
+                // Cut short by the scan budget (a filter that rarely matches): go on
+                // past everything the page examined.
+                (PageEnd::ScanBudget, Some(next)) => {
+                    from = from.max(next);
+                    continue;
+                }
+                // A full page: go on after its last event.
+                _ => continue,
             }
+            // A page that reached the end read everything up to the head seen before it.
+            let through = match self.until {
+                Until::Head => head,
+                Until::Position(bound) => head.min(Some(bound)),
+                Until::Time(_) => None,
+            };
+            self.visited = self.visited.max(through);
+            return Ok(());
         }
     }
 

@@ -31,7 +31,7 @@ use crate::{
 /// Default cases per target in the normal test suite (debug builds): a few seconds each.
 const QUICK: u64 = 512;
 /// Default cases for the targets that open a whole store per case.
-const QUICK_STORE: u64 = 64;
+const QUICK_STORE: u64 = 256;
 
 // ---------------------------------------------------------------------------------------
 // Seeds: a small real store, written to memory.
@@ -596,6 +596,9 @@ impl DamagedStore {
 #[test]
 fn fuzz_store_files() {
     let rt = runtime();
+    // How many damaged stores opened and were read: the reads are the deeper half of
+    // the target, so a run that never gets there is not fuzzing them.
+    let opened = std::sync::atomic::AtomicU64::new(0);
     run(
         "store_files",
         QUICK_STORE,
@@ -606,6 +609,7 @@ fn fuzz_store_files() {
             let Ok(engine) = Engine::open_storage(Arc::new(storage), small_options()) else {
                 return Ok(());
             };
+            opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let store = Store::from_engine(engine);
             rt.block_on(async {
                 let _ = store
@@ -634,6 +638,9 @@ fn fuzz_store_files() {
             Ok(())
         },
     );
+    let opened = opened.into_inner();
+    eprintln!("fuzz target store_files: {opened} damaged stores opened and read");
+    assert!(opened > 0, "no damaged store opened: the reads were never fuzzed");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use prost::Message;
 use proptest::prelude::*;
 use proptest::sample::Index;
+use prost::Message;
 use strata::fuzz::{mutation, run, Mutation};
 use strata::{EventData, ExpectedRevision, Position, SubscribeFrom};
 use strata_server::grpc::requests;
@@ -80,7 +80,9 @@ fn read_requests() -> Vec<Vec<Vec<u8>>> {
     options.count_option = Some(CountOption::Count(10));
     options.read_direction = ReadDirection::Backwards as i32;
     options.uuid_option = Some(UuidOption {
-        content: Some(read_req::options::uuid_option::Content::Structured(Empty {})),
+        content: Some(read_req::options::uuid_option::Content::Structured(
+            Empty {},
+        )),
     });
     let mut filtered = requests::subscribe_all(SubscribeFrom::After(Position(2)));
     let options = filtered.options.as_mut().unwrap();
@@ -96,7 +98,8 @@ fn read_requests() -> Vec<Vec<Vec<u8>>> {
         checkpoint_interval_multiplier: 2,
     }));
     let mut by_prefix = filtered.clone();
-    if let Some(FilterOption::Filter(filter)) = &mut by_prefix.options.as_mut().unwrap().filter_option
+    if let Some(FilterOption::Filter(filter)) =
+        &mut by_prefix.options.as_mut().unwrap().filter_option
     {
         filter.filter = Some(filter_options::Filter::EventType(
             filter_options::Expression {
@@ -124,8 +127,16 @@ fn append_requests() -> Vec<Vec<Vec<u8>>> {
     );
     vec![
         encode_all(&requests::append("fz-1", ExpectedRevision::Any, &events)),
-        encode_all(&requests::append("fz-2", ExpectedRevision::NoStream, &events[..1])),
-        encode_all(&requests::append("$$fz-1", ExpectedRevision::Any, &[metadata])),
+        encode_all(&requests::append(
+            "fz-2",
+            ExpectedRevision::NoStream,
+            &events[..1],
+        )),
+        encode_all(&requests::append(
+            "$$fz-1",
+            ExpectedRevision::Any,
+            &[metadata],
+        )),
     ]
 }
 
@@ -143,9 +154,9 @@ fn batch_requests() -> Vec<Vec<Vec<u8>>> {
         correlation_id: Some(id(7)),
         options: Some(batch_append_req::Options {
             stream_identifier: stream("fz-3"),
-            expected_stream_position: Some(
-                batch_append_req::options::ExpectedStreamPosition::Any(()),
-            ),
+            expected_stream_position: Some(batch_append_req::options::ExpectedStreamPosition::Any(
+                (),
+            )),
             ..Default::default()
         }),
         proposed_messages: vec![proposed(1)],
@@ -160,7 +171,10 @@ fn batch_requests() -> Vec<Vec<Vec<u8>>> {
     vec![encode_all(&[first, last])]
 }
 
-fn delete_requests() -> (Vec<Vec<Vec<u8>>>, Vec<Vec<Vec<u8>>>) {
+/// The messages of one call, each encoded.
+type Messages = Vec<Vec<u8>>;
+
+fn delete_requests() -> (Vec<Messages>, Vec<Messages>) {
     let delete = DeleteReq {
         options: Some(delete_req::Options {
             stream_identifier: stream("fz-2"),
@@ -207,9 +221,9 @@ fn persistent_requests() -> Vec<Method> {
             stream_option: Some(ps::create_req::options::StreamOption::Stream(
                 ps::create_req::StreamOptions {
                     stream_identifier: stream("fz-1"),
-                    revision_option: Some(
-                        ps::create_req::stream_options::RevisionOption::Start(Empty {}),
-                    ),
+                    revision_option: Some(ps::create_req::stream_options::RevisionOption::Start(
+                        Empty {},
+                    )),
                 },
             )),
             group_name: "g".into(),
@@ -232,9 +246,9 @@ fn persistent_requests() -> Vec<Method> {
                                     },
                                 ),
                             ),
-                            window: Some(
-                                ps::create_req::all_options::filter_options::Window::Max(10),
-                            ),
+                            window: Some(ps::create_req::all_options::filter_options::Window::Max(
+                                10,
+                            )),
                             checkpoint_interval_multiplier: 1,
                         },
                     )),
@@ -250,9 +264,9 @@ fn persistent_requests() -> Vec<Method> {
             stream_option: Some(ps::update_req::options::StreamOption::Stream(
                 ps::update_req::StreamOptions {
                     stream_identifier: stream("fz-1"),
-                    revision_option: Some(
-                        ps::update_req::stream_options::RevisionOption::End(Empty {}),
-                    ),
+                    revision_option: Some(ps::update_req::stream_options::RevisionOption::End(
+                        Empty {},
+                    )),
                 },
             )),
             group_name: "g".into(),
@@ -382,11 +396,13 @@ fn v2_requests() -> Vec<Method> {
             (
                 "n".to_owned(),
                 prost_types::Value {
-                    kind: Some(prost_types::value::Kind::ListValue(prost_types::ListValue {
-                        values: vec![prost_types::Value {
-                            kind: Some(prost_types::value::Kind::NumberValue(1.5)),
-                        }],
-                    })),
+                    kind: Some(prost_types::value::Kind::ListValue(
+                        prost_types::ListValue {
+                            values: vec![prost_types::Value {
+                                kind: Some(prost_types::value::Kind::NumberValue(1.5)),
+                            }],
+                        },
+                    )),
                 },
             ),
         ]),

@@ -112,12 +112,15 @@ fn out_and_back(events: &[EventData]) -> Result<(), TestCaseError> {
         ensure(same_payload(&before.data, &after.data, false), || {
             format!("data {:?} came back as {:?}", before.data, after.data)
         })?;
-        ensure(same_payload(&before.metadata, &after.metadata, true), || {
-            format!(
-                "metadata {:?} came back as {:?}",
-                before.metadata, after.metadata
-            )
-        })?;
+        ensure(
+            same_payload(&before.metadata, &after.metadata, true),
+            || {
+                format!(
+                    "metadata {:?} came back as {:?}",
+                    before.metadata, after.metadata
+                )
+            },
+        )?;
     }
     Ok(())
 }
@@ -146,7 +149,9 @@ fn event_data() -> impl Strategy<Value = EventData> {
         proptest::collection::vec(".{0,4}", 0..4).prop_map(|v| json!({ "list": v })),
     ];
     let data = prop_oneof![
-        json_value.clone().prop_map(|v| (v.to_string().into_bytes(), ContentType::Json)),
+        json_value
+            .clone()
+            .prop_map(|v| (v.to_string().into_bytes(), ContentType::Json)),
         proptest::collection::vec(any::<u8>(), 0..32).prop_map(|b| (b, ContentType::Binary)),
         proptest::collection::vec(any::<u8>(), 0..32).prop_map(|b| (b, ContentType::Json)),
     ];
@@ -162,13 +167,15 @@ fn event_data() -> impl Strategy<Value = EventData> {
         metadata,
         proptest::option::of(0u64..253_402_300_799_000_000),
     )
-        .prop_map(|(id, event_type, (data, content_type), metadata, valid_at)| {
-            let mut event = EventData::new(event_type, data, content_type)
-                .with_id(uuid::Uuid::from_u128(id))
-                .with_metadata(metadata);
-            event.valid_at = valid_at.map(Timestamp::from_micros);
-            event
-        })
+        .prop_map(
+            |(id, event_type, (data, content_type), metadata, valid_at)| {
+                let mut event = EventData::new(event_type, data, content_type)
+                    .with_id(uuid::Uuid::from_u128(id))
+                    .with_metadata(metadata);
+                event.valid_at = valid_at.map(Timestamp::from_micros);
+                event
+            },
+        )
 }
 
 #[test]
@@ -195,10 +202,7 @@ fn fuzz_http_metadata_bodies() {
         |body| {
             if let Ok(value) = parse::<Value>(body.as_bytes()) {
                 if let Ok(metadata) = StreamMetadata::from_json(&value) {
-                    prop_assert_eq!(
-                        StreamMetadata::from_json(&metadata.to_json()),
-                        Ok(metadata)
-                    );
+                    prop_assert_eq!(StreamMetadata::from_json(&metadata.to_json()), Ok(metadata));
                 }
             }
             Ok(())

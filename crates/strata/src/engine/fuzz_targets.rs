@@ -640,7 +640,10 @@ fn fuzz_store_files() {
     );
     let opened = opened.into_inner();
     eprintln!("fuzz target store_files: {opened} damaged stores opened and read");
-    assert!(opened > 0, "no damaged store opened: the reads were never fuzzed");
+    assert!(
+        opened > 0,
+        "no damaged store opened: the reads were never fuzzed"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -229,6 +229,40 @@ async fn bad_input_gets_clear_statuses_and_the_server_keeps_serving() {
     running.task.await.unwrap().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_events_with_a_malformed_acl_are_refused() {
+    let running = start(ServerOptions::default()).await;
+    let mut client = client(running.addr).await;
+    // Clients set metadata by appending a `$metadata` event to `$$stream`; the store
+    // checks it as it checks every metadata write, `$acl` included.
+    let status = client
+        .append(tokio_stream::iter(vec![
+            options("$$acl-1"),
+            proposed(Some("$metadata"), br#"{"$acl": [null, null]}"#.to_vec()),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("$acl"), "{}", status.message());
+    let response = client
+        .append(tokio_stream::iter(vec![
+            options("$$acl-1"),
+            proposed(
+                Some("$metadata"),
+                br#"{"$acl": {"$r": ["a", "b"]}}"#.to_vec(),
+            ),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(response.result, Some(append_resp::Result::Success(_))),
+        "{response:?}"
+    );
+    running.stop.send(()).unwrap();
+    running.task.await.unwrap().unwrap();
+}
+
 /// Sends `body` as one unary gRPC message to `path`, bypassing protobuf encoding.
 async fn raw_call(addr: SocketAddr, path: &'static str, body: Vec<u8>) -> tonic::Status {
     #[derive(Clone, Default)]

@@ -598,6 +598,67 @@ async fn reads_past_many_expired_events_do_not_crash_the_server() {
 }
 
 #[tokio::test]
+async fn metadata_acl_must_have_kurrentdb_shape() {
+    let mut server = start().await;
+    // KurrentDB reads `$acl` as an object of `$r`, `$w`, `$d`, `$mr`, `$mw`, each a role
+    // or a list of roles; anything else is not an ACL (the OpenAPI schema says object).
+    for bad in [
+        json!({"$acl": [null, null]}),
+        json!({"$acl": null}),
+        json!({"$acl": "$admins"}),
+        json!({"$acl": {"$r": null}}),
+        json!({"$acl": {"$r": [null]}}),
+        json!({"$acl": {"$r": ["a", 1]}}),
+        json!({"$acl": {"$w": {"role": "a"}}}),
+        json!({"$acl": {"$read": "a"}}),
+    ] {
+        let (status, body) = server
+            .call(Method::PUT, "/streams/acl-1/metadata", &bad.to_string())
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} answered {body}");
+        assert_eq!(error_code(&body), "invalid_metadata", "{bad}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("$acl"),
+            "the message names $acl: {body}"
+        );
+    }
+    let (_, meta) = server.get("/streams/acl-1/metadata").await;
+    assert_eq!(
+        meta["metadata_revision"], "no_stream",
+        "nothing was written"
+    );
+
+    let good = json!({"$acl": {"$r": "$all", "$w": ["ops", "$admins"], "$d": [], "$mr": "ops", "$mw": ["ops"]}});
+    let (status, body) = server
+        .call(Method::PUT, "/streams/acl-1/metadata", &good.to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, meta) = server.get("/streams/acl-1/metadata").await;
+    assert_eq!(meta["metadata"], good, "served back as given");
+
+    // The OpenAPI document describes the same shape.
+    let (_, document) = server.get("/openapi.json").await;
+    let schemas = &document["components"]["schemas"];
+    assert_eq!(
+        schemas["StreamMetadata"]["properties"]["$acl"]["$ref"],
+        "#/components/schemas/StreamAcl"
+    );
+    let keys: Vec<&str> = schemas["StreamAcl"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected = strata::metadata::ACL_KEYS.to_vec();
+    expected.sort_unstable();
+    let mut keys = keys;
+    keys.sort_unstable();
+    assert_eq!(keys, expected);
+    assert_eq!(schemas["StreamAcl"]["additionalProperties"], false);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn streams_are_listed_and_stats_counted() {
     let mut server = start().await;
     for name in ["b-1", "a-1", "a-2", "c-1"] {

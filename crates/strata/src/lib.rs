@@ -41,6 +41,9 @@ pub mod write;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
+
 pub use engine::{Durability, Engine, OpenReport, Options};
 pub use error::{AppendError, InvalidInput, OpenError, ReadError, StorageError};
 pub use event::{ContentType, EventData, Position, RecordedEvent, Timestamp};

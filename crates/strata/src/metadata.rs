@@ -10,6 +10,11 @@ use crate::error::InvalidInput;
 /// The `$tb` value that marks a soft-deleted stream (KurrentDB's `EventNumber.DeletedStream`).
 pub const DELETED_TRUNCATE_BEFORE: u64 = i64::MAX as u64;
 
+/// The keys an `$acl` object may have, as KurrentDB reads them: who may read, write,
+/// delete, read the metadata, write the metadata. Each value is one role (a string) or
+/// a list of roles (an array of strings, possibly empty).
+pub const ACL_KEYS: [&str; 5] = ["$r", "$w", "$d", "$mr", "$mw"];
+
 /// Rules and properties attached to a stream. Reads honour the rules at once; the
 /// space they free is reclaimed later.
 ///
@@ -30,7 +35,8 @@ pub struct StreamMetadata {
     pub truncate_before: Option<u64>,
     /// How long clients may cache reads of the head (`$cacheControl`, seconds).
     pub cache_control: Option<Duration>,
-    /// Access control list (`$acl`), kept as given; enforced by the server.
+    /// Access control list (`$acl`), kept as given once its shape is checked (see
+    /// [`ACL_KEYS`]); not enforced yet.
     pub acl: Option<Value>,
     /// Any other properties, kept as given.
     pub custom: Map<String, Value>,
@@ -87,7 +93,10 @@ impl StreamMetadata {
                 "$cacheControl" => {
                     metadata.cache_control = Some(Duration::from_secs(positive(key, value)?))
                 }
-                "$acl" => metadata.acl = Some(value.clone()),
+                "$acl" => {
+                    check_acl(value)?;
+                    metadata.acl = Some(value.clone());
+                }
                 _ => {
                     metadata.custom.insert(key.clone(), value.clone());
                 }
@@ -106,6 +115,38 @@ impl StreamMetadata {
 
 fn invalid(reason: String) -> InvalidInput {
     InvalidInput::InvalidMetadata { reason }
+}
+
+/// Checks that `value` has the shape KurrentDB's `StreamMetadata.ReadAcl` accepts: an
+/// object whose keys are among [`ACL_KEYS`], each a string or an array of strings.
+/// KurrentDB fails on anything else (`null` included, and unknown keys), so strata
+/// refuses it rather than keep something no KurrentDB reader can use.
+fn check_acl(value: &Value) -> Result<(), InvalidInput> {
+    let Value::Object(acl) = value else {
+        return Err(invalid(format!(
+            "$acl must be an object with keys among {}, got {value}",
+            ACL_KEYS.join(", ")
+        )));
+    };
+    for (key, roles) in acl {
+        if !ACL_KEYS.contains(&key.as_str()) {
+            return Err(invalid(format!(
+                "$acl has unknown key {key:?}: use {}",
+                ACL_KEYS.join(", ")
+            )));
+        }
+        let valid = match roles {
+            Value::String(_) => true,
+            Value::Array(list) => list.iter().all(Value::is_string),
+            _ => false,
+        };
+        if !valid {
+            return Err(invalid(format!(
+                "$acl.{key} must be a role (string) or a list of roles (array of strings), got {roles}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn non_negative(key: &str, value: &Value) -> Result<u64, InvalidInput> {
@@ -143,5 +184,36 @@ mod tests {
         assert!(StreamMetadata::from_slice(b"{\"$maxCount\": -1}").is_err());
         assert!(StreamMetadata::from_slice(b"{\"$maxAge\": 0}").is_err());
         assert!(StreamMetadata::from_slice(b"not json").is_err());
+    }
+
+    #[test]
+    fn acl_has_kurrentdb_shape() {
+        for good in [
+            r#"{"$acl": {}}"#,
+            r#"{"$acl": {"$r": "$all"}}"#,
+            r#"{"$acl": {"$r": [], "$w": ["a", "b"], "$d": "c", "$mr": ["d"], "$mw": "e"}}"#,
+        ] {
+            let metadata = StreamMetadata::from_slice(good.as_bytes());
+            assert!(metadata.is_ok(), "{good}: {metadata:?}");
+        }
+        for bad in [
+            r#"{"$acl": [null, null]}"#,
+            r#"{"$acl": null}"#,
+            r#"{"$acl": "$all"}"#,
+            r#"{"$acl": 1}"#,
+            r#"{"$acl": {"$r": null}}"#,
+            r#"{"$acl": {"$r": 1}}"#,
+            r#"{"$acl": {"$r": [null]}}"#,
+            r#"{"$acl": {"$r": [["a"]]}}"#,
+            r#"{"$acl": {"$w": {"a": "b"}}}"#,
+            r#"{"$acl": {"$x": "a"}}"#,
+        ] {
+            match StreamMetadata::from_slice(bad.as_bytes()) {
+                Err(InvalidInput::InvalidMetadata { reason }) => {
+                    assert!(reason.contains("$acl"), "{bad}: {reason}")
+                }
+                other => panic!("{bad} is refused, got {other:?}"),
+            }
+        }
     }
 }

@@ -15,6 +15,9 @@ mod state;
 mod verify;
 mod writer;
 
+#[cfg(test)]
+mod fuzz_targets;
+
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;

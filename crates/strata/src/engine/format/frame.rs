@@ -102,10 +102,17 @@ pub fn parse_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     if bytes[12] != VERSION {
         return Err(FrameError::Invalid("unknown frame version"));
     }
+    let first_position = u64_at(bytes, 16);
+    let event_count = u32_at(bytes, 24);
+    // Invariant relied on by `end_position` and by every reader: the positions of the
+    // frame's events are representable.
+    if first_position.checked_add(u64::from(event_count)).is_none() {
+        return Err(FrameError::Invalid("frame positions overflow"));
+    }
     Ok(FrameHeader {
         length,
-        first_position: u64_at(bytes, 16),
-        event_count: u32_at(bytes, 24),
+        first_position,
+        event_count,
         batch_offset: u32_at(bytes, 28),
     })
 }
@@ -126,9 +133,17 @@ pub fn check(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
 /// The records of a checked frame: yields the offset (in `frame`) of each record.
 /// Fails if the records do not exactly fill the frame or their count differs.
 pub fn record_offsets(frame: &[u8], header: &FrameHeader) -> Result<Vec<usize>, FrameError> {
+    let end = header.length as usize;
+    // The count field comes from the file: check it against what the frame can hold
+    // before sizing anything by it.
+    let most = end.saturating_sub(HEADER_LEN) / record::HEADER_LEN;
+    if header.event_count as usize > most {
+        return Err(FrameError::Invalid(
+            "event count larger than the frame can hold",
+        ));
+    }
     let mut offsets = Vec::with_capacity(header.event_count as usize);
     let mut at = HEADER_LEN;
-    let end = header.length as usize;
     while at < end {
         let length =
             record::record_len(frame, at).ok_or(FrameError::Invalid("record truncated"))?;
@@ -172,6 +187,46 @@ mod tests {
         }
         finish(&mut out, start, 3);
         out
+    }
+
+    /// Rewrites the frame's checksum after a test changed its header, as a hostile
+    /// writer of the file could.
+    fn reseal(frame: &mut [u8]) {
+        let crc = crc32c::crc32c(&frame[12..]);
+        frame[8..12].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Found by the `frame` fuzz target: the count field sized an allocation (30 GB for
+    /// this one) before the records were counted.
+    #[test]
+    fn a_count_larger_than_the_frame_holds_is_refused_without_allocating_for_it() {
+        let mut frame = sample_frame();
+        frame[24..28].copy_from_slice(&0xE100_0001u32.to_le_bytes());
+        reseal(&mut frame);
+        let header = check(&frame).expect("checksum matches");
+        assert_eq!(
+            record_offsets(&frame, &header),
+            Err(FrameError::Invalid(
+                "event count larger than the frame can hold"
+            ))
+        );
+    }
+
+    /// Found by the `frame` fuzz target: the position after the last event overflowed
+    /// (a panic in debug builds, a wrapped position in release builds).
+    #[test]
+    fn positions_past_the_end_of_the_log_are_refused() {
+        let mut frame = sample_frame();
+        frame[16..24].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        reseal(&mut frame);
+        assert_eq!(
+            parse_header(&frame),
+            Err(FrameError::Invalid("frame positions overflow"))
+        );
+        assert_eq!(
+            check(&frame),
+            Err(FrameError::Invalid("frame positions overflow"))
+        );
     }
 
     #[test]

@@ -187,16 +187,19 @@ pub fn decode(buffer: &[u8], at: usize, check_crc: bool) -> Result<RecordView<'_
     let type_len = usize::from(u16_at(record, 52));
     let data_len = u32_at(record, 56) as usize;
     let meta_len = u32_at(record, 60) as usize;
-    let mut cursor = HEADER_LEN;
-    let valid_at = if flags & FLAG_VALID_AT != 0 {
-        cursor += 8;
-        Some(Timestamp::from_micros(u64_at(record, HEADER_LEN)))
+    let cursor = if flags & FLAG_VALID_AT != 0 {
+        HEADER_LEN + 8
     } else {
-        None
+        HEADER_LEN
     };
+    // Checked before any variable part is read: from here on every field lies inside
+    // the record.
     if cursor + stream_len + type_len + data_len + meta_len != length {
         return Err("record field lengths do not add up to its length");
     }
+    let valid_at =
+        (flags & FLAG_VALID_AT != 0).then(|| Timestamp::from_micros(u64_at(record, HEADER_LEN)));
+    let mut cursor = cursor;
     let stream = std::str::from_utf8(&record[cursor..cursor + stream_len])
         .map_err(|_| "stream name is not UTF-8")?;
     cursor += stream_len;
@@ -229,6 +232,34 @@ pub fn decode(buffer: &[u8], at: usize, check_crc: bool) -> Result<RecordView<'_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `record` fuzz target: a record whose flags announce `valid_at` but
+    /// whose length leaves no room for it was read past its end (a panic).
+    #[test]
+    fn a_valid_at_flag_without_room_for_it_is_refused() {
+        let fields = RecordFields {
+            position: 0,
+            revision: 0,
+            recorded_at: Timestamp::from_micros(0),
+            id: Uuid::nil(),
+            content_type: ContentType::Json,
+            valid_at: None,
+            stream: "",
+            event_type: "",
+            data: b"",
+            metadata: b"",
+        };
+        let mut out = Vec::new();
+        fields.encode(&mut out);
+        assert_eq!(out.len(), HEADER_LEN);
+        out[48] |= FLAG_VALID_AT;
+        let crc = crc32c::crc32c(&out[8..]);
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode(&out, 0, true).map(|view| view.valid_at),
+            Err("record field lengths do not add up to its length")
+        );
+    }
 
     #[test]
     fn record_round_trips() {

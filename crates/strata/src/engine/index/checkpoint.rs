@@ -71,7 +71,10 @@ pub struct Checkpoint {
 
 /// Serialises the segments and indexes.
 pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + index.events as usize * 8 + index.streams.len() * 32);
+    let capacity = 64usize
+        .saturating_add((index.events as usize).saturating_mul(8))
+        .saturating_add(index.streams.len().saturating_mul(32));
+    let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -223,6 +226,16 @@ pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'stati
     if c.at != body.len() {
         return Err("trailing bytes in checkpoint");
     }
+    // Invariant of the index (every indexed event has one location): the count is
+    // derived data that later code sizes buffers by, so it must agree.
+    let located: u64 = index
+        .streams
+        .values()
+        .map(|entry| entry.locations.len() as u64)
+        .sum();
+    if located != index.events {
+        return Err("event count does not match the streams");
+    }
     Ok(Checkpoint {
         store_id,
         segments,
@@ -242,4 +255,28 @@ pub fn write(storage: &dyn crate::engine::io::Storage, bytes: &[u8]) -> std::io:
     file.sync_data()?;
     storage.rename(TEMP_FILE_NAME, FILE_NAME)?;
     storage.sync_dir()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `store_files` fuzz target: a checkpoint whose event count disagreed
+    /// with its streams was accepted, and the next checkpoint write sized its buffer by
+    /// that count (an allocation of petabytes, and the process aborted).
+    #[test]
+    fn an_event_count_that_disagrees_with_the_streams_is_refused() {
+        let mut bytes = encode(&Segments::default(), &Index::new(4));
+        assert!(decode(&bytes, 4).is_ok());
+        // Zero segments: the event count follows the 36-byte preamble (magic, version,
+        // reserved, store id, segment count).
+        bytes[36..44].copy_from_slice(&(1u64 << 50).to_le_bytes());
+        let end = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..end]);
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode(&bytes, 4).map(|c| c.index.events),
+            Err("event count does not match the streams")
+        );
+    }
 }

@@ -819,3 +819,223 @@ async fn many_live_streams_are_bounded_and_released() {
     server.assert_healthy().await;
     server.stop().await.unwrap();
 }
+
+/// Polls `condition` every 10 ms until it holds, failing the test after `HANG_GUARD`.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A gRPC read of `$all` from the start for events of a stream that does not exist: a
+/// scan of the whole log that finds nothing.
+fn grpc_scan_for_nothing() -> strata_server::proto::event_store::client::streams::ReadReq {
+    use strata_server::proto::event_store::client::streams::read_req::options::{
+        filter_options, CountOption, FilterOption, FilterOptions,
+    };
+    let mut request = strata_server::grpc::requests::subscribe_all(strata::SubscribeFrom::Start);
+    let options = request.options.as_mut().unwrap();
+    options.count_option = Some(CountOption::Count(10));
+    options.filter_option = Some(FilterOption::Filter(FilterOptions {
+        filter: Some(filter_options::Filter::StreamIdentifier(
+            filter_options::Expression {
+                regex: "^no-such-stream$".into(),
+                prefix: Vec::new(),
+            },
+        )),
+        window: Some(filter_options::Window::Max(32)),
+        checkpoint_interval_multiplier: 1,
+    }));
+    request
+}
+
+/// Waits until the scan started by a client is under way, lets the client go, and
+/// checks that the scan stops: its slot is freed and the storage sees no more reads.
+async fn assert_scan_stops_when_its_client_leaves(
+    store: &strata::Store,
+    storage: &FaultyStorage,
+    client_leaves: impl FnOnce(),
+) {
+    let engine = store.embedded().unwrap();
+    eventually("the scan is under way", || {
+        engine.scans_running() == 1 && storage.seen() >= 2
+    })
+    .await;
+    let at_leave = storage.seen();
+    client_leaves();
+    eventually("the scan frees its slot", || engine.scans_running() == 0).await;
+    let stopped_at = storage.seen();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(storage.seen(), stopped_at, "the scan goes on reading");
+    // A whole scan reads every one of the store's dozens of segments, at least.
+    assert!(
+        stopped_at - at_leave < 10,
+        "the scan went on for {} reads after its client left",
+        stopped_at - at_leave
+    );
+}
+
+/// Issue 11: a filtered read of `$all` ran on a blocking thread that a departed client
+/// could not stop. Over slow storage (a whole scan takes seconds), a client that leaves
+/// mid-scan, on either API, stops the scan and frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_scans_stop_on_both_apis() {
+    use strata_server::proto::event_store::client::streams::streams_client::StreamsClient;
+    let storage = FaultyStorage::new(Arc::new(strata::engine::io::MemoryStorage::new()));
+    let engine = strata::Engine::open_storage(
+        Arc::new(storage.clone()),
+        strata::Options::small_for_tests(),
+    )
+    .unwrap();
+    let store = strata::Store::from_engine(engine);
+    // About 3 MB of events: dozens of the test options' 64 KiB segments.
+    for i in 0..250 {
+        let events = (0..2)
+            .map(|j| {
+                strata::EventData::json("Big", &json!({ "i": j, "pad": "x".repeat(6000) })).unwrap()
+            })
+            .collect();
+        store
+            .append(format!("other-{i}"), strata::ExpectedRevision::Any, events)
+            .await
+            .unwrap();
+    }
+    let server = start_on(store.clone(), tempfile::tempdir().unwrap(), |_| {}).await;
+    storage.inject(Fault::SlowReads {
+        delay: Duration::from_millis(100),
+    });
+
+    // HTTP: the client closes its connection while the server scans.
+    let mut socket = TcpStream::connect(server.http).await.unwrap();
+    socket
+        .write_all(
+            b"GET /streams/%24all?stream=no-such-stream&limit=10 HTTP/1.1\r\nHost: strata\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    assert_scan_stops_when_its_client_leaves(&store, &storage, move || drop(socket)).await;
+
+    // gRPC: the client drops its call (RST_STREAM) while the server scans.
+    let mut client = StreamsClient::connect(format!("http://{}", server.grpc))
+        .await
+        .unwrap();
+    let call = client
+        .read(grpc_scan_for_nothing())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_scan_stops_when_its_client_leaves(&store, &storage, move || drop(call)).await;
+
+    storage.clear();
+    server.assert_healthy().await;
+    drop(client);
+    drop(store);
+    server.stop().await.unwrap();
+}
+
+/// Patterns that are slow in a backtracking engine, too big, too long, or invalid.
+/// Without lookaround they run on a linear-time engine; with it, each name has a
+/// backtracking limit and an overrun costs scan budget.
+const PATHOLOGICAL_REGEXES: &[&str] = &[
+    "(a+)+$",
+    "^(a|aa)+$",
+    "(?=(a+)+b)",
+    "^(?=(a|aa)+c)",
+    "(?!(a*)*b)x",
+    "(?<=a+)b",
+    "\\w{1000}{1000}",
+    "(",
+    "[",
+];
+
+/// Percent-encodes every byte, so any pattern travels as one query value.
+fn percent_encoded(text: &str) -> String {
+    text.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// Issue 11: filter regexes were compiled per request with no limit on length or
+/// size, and matched with no bound on the work. Every pathological pattern gets a
+/// bounded answer on both APIs (a page, perhaps short, or a clear client error), and
+/// the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pathological_regexes_get_bounded_answers_on_both_apis() {
+    use strata_server::proto::event_store::client::streams::read_req::options::{
+        filter_options, CountOption, FilterOption, FilterOptions,
+    };
+    use strata_server::proto::event_store::client::streams::streams_client::StreamsClient;
+    let server = start_with(|options| options.scan_budget = 50_000).await;
+    // Names made to trigger backtracking: long runs of `a` that end in neither `b` nor `c`.
+    for i in 0..200 {
+        let name = format!("{}{i}", "a".repeat(40));
+        let answer = request(
+            server.http,
+            "POST",
+            &format!("/streams/{name}"),
+            &json!({"type": "T", "data": {}}).to_string(),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+    }
+    let long = "a".repeat(strata::Pattern::SOURCE_BYTES_MAX + 1);
+    let patterns = PATHOLOGICAL_REGEXES.iter().copied().chain([long.as_str()]);
+    let mut grpc = StreamsClient::connect(format!("http://{}", server.grpc))
+        .await
+        .unwrap();
+    for pattern in patterns {
+        for param in ["stream_regex", "event_type_regex"] {
+            let target = format!(
+                "/streams/%24all?{param}={}&limit=10",
+                percent_encoded(pattern)
+            );
+            let (status, text) = probe(server.http, "GET", &target, "").await;
+            assert!(
+                status == 200 || status == 422,
+                "{pattern:?}: {status}: {text}"
+            );
+            assert_client_error_or_ok(pattern, status, &text);
+        }
+        let mut request =
+            strata_server::grpc::requests::subscribe_all(strata::SubscribeFrom::Start);
+        let options = request.options.as_mut().unwrap();
+        options.count_option = Some(CountOption::Count(10));
+        options.filter_option = Some(FilterOption::Filter(FilterOptions {
+            filter: Some(filter_options::Filter::StreamIdentifier(
+                filter_options::Expression {
+                    regex: pattern.into(),
+                    prefix: Vec::new(),
+                },
+            )),
+            window: Some(filter_options::Window::Max(32)),
+            checkpoint_interval_multiplier: 1,
+        }));
+        let answered = tokio::time::timeout(HANG_GUARD, async {
+            match grpc.read(request).await {
+                Err(status) => Err(status),
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    while let Some(message) = stream.message().await? {
+                        drop(message);
+                    }
+                    Ok(())
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{pattern:?}: the gRPC read did not end"));
+        if let Err(status) = answered {
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{pattern:?}: {status:?}"
+            );
+        }
+    }
+    server.assert_healthy().await;
+    drop(grpc);
+    server.stop().await.unwrap();
+}

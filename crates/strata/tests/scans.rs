@@ -5,15 +5,13 @@
 
 mod common;
 
-use std::fmt::Debug;
-use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use common::events;
-use strata::engine::io::{MemoryStorage, Storage, StorageFile};
+use strata::engine::io::{Fault, FaultyStorage, MemoryStorage};
 use strata::{
     AppendError, AppendRequest, AppendResult, Engine, EventData, EventStore, ExpectedRevision,
     Filter, ListStreamsOptions, Options, PageEnd, Position, ReadAllOptions, ReadError,
@@ -24,95 +22,6 @@ use tokio::sync::watch;
 
 /// A storage whose file reads are counted and, once armed, each take `delay`: a slow
 /// disk, so that a scan lasts long enough to watch it.
-#[derive(Clone, Debug)]
-struct SlowStorage {
-    inner: Arc<dyn Storage>,
-    reads: Arc<AtomicU64>,
-    slow: Arc<AtomicBool>,
-    delay: Duration,
-}
-
-#[derive(Debug)]
-struct SlowFile {
-    inner: Arc<dyn StorageFile>,
-    reads: Arc<AtomicU64>,
-    slow: Arc<AtomicBool>,
-    delay: Duration,
-}
-
-impl SlowStorage {
-    fn new(delay: Duration) -> SlowStorage {
-        SlowStorage {
-            inner: Arc::new(MemoryStorage::new()),
-            reads: Arc::default(),
-            slow: Arc::default(),
-            delay,
-        }
-    }
-
-    fn wrap(&self, inner: Arc<dyn StorageFile>) -> Arc<dyn StorageFile> {
-        Arc::new(SlowFile {
-            inner,
-            reads: self.reads.clone(),
-            slow: self.slow.clone(),
-            delay: self.delay,
-        })
-    }
-
-    fn reads(&self) -> u64 {
-        self.reads.load(Ordering::SeqCst)
-    }
-}
-
-impl Storage for SlowStorage {
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
-        Ok(self.wrap(self.inner.open(name)?))
-    }
-    fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
-        Ok(self.wrap(self.inner.create(name)?))
-    }
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn sync_dir(&self) -> io::Result<()> {
-        self.inner.sync_dir()
-    }
-    fn lock(&self) -> io::Result<Box<dyn Send + Sync + Debug>> {
-        self.inner.lock()
-    }
-    fn describe(&self) -> String {
-        format!("slow {}", self.inner.describe())
-    }
-}
-
-impl StorageFile for SlowFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        if self.slow.load(Ordering::SeqCst) {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(self.delay);
-        }
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-}
-
 /// Events of about 6 KiB, so that a few hundred fill dozens of 64 KiB test segments.
 fn big_events(n: usize) -> Vec<EventData> {
     (0..n)
@@ -126,9 +35,14 @@ fn big_events(n: usize) -> Vec<EventData> {
         .collect()
 }
 
-/// A store on slow storage holding dozens of segments of events of `other-*` streams.
-async fn slow_store(options: Options) -> (SlowStorage, Store) {
-    let storage = SlowStorage::new(Duration::from_millis(20));
+/// What makes the store's storage slow once injected.
+const SLOW_READS: Fault = Fault::SlowReads {
+    delay: Duration::from_millis(20),
+};
+
+/// A store on storage that can be made slow holding dozens of segments of events of `other-*` streams.
+async fn slow_store(options: Options) -> (FaultyStorage, Store) {
+    let storage = FaultyStorage::new(Arc::new(MemoryStorage::new()));
     let store =
         Store::from_engine(Engine::open_storage(Arc::new(storage.clone()), options).unwrap());
     for i in 0..250 {
@@ -154,7 +68,7 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_whose_caller_went_away_stops() {
     let (storage, store) = slow_store(Options::small_for_tests()).await;
-    storage.slow.store(true, Ordering::SeqCst);
+    storage.inject(SLOW_READS);
     let scan = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -164,14 +78,14 @@ async fn a_scan_whose_caller_went_away_stops() {
                 .await
         })
     };
-    eventually("the scan has started", || storage.reads() >= 2).await;
+    eventually("the scan has started", || storage.seen() >= 2).await;
     scan.abort();
     // Let a read under way finish, then see that no more follow.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let stopped_at = storage.reads();
+    let stopped_at = storage.seen();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
-        storage.reads(),
+        storage.seen(),
         stopped_at,
         "the scan goes on reading after its caller went away"
     );
@@ -423,7 +337,7 @@ async fn scans_over_the_limit_wait_then_fail_busy_and_a_dropped_scan_frees_its_s
     };
     let (storage, store) = slow_store(options).await;
     let engine = || store.embedded().unwrap();
-    storage.slow.store(true, Ordering::SeqCst);
+    storage.inject(SLOW_READS);
     let nothing = || ReadAllOptions::forwards().filter(Filter::new().stream("no-such-stream"));
     let first = {
         let store = store.clone();
@@ -442,7 +356,7 @@ async fn scans_over_the_limit_wait_then_fail_busy_and_a_dropped_scan_frees_its_s
         engine().scans_running() == 0
     })
     .await;
-    storage.slow.store(false, Ordering::SeqCst);
+    storage.clear();
     let found = store.read_all(nothing()).await.unwrap();
     assert!(found.is_empty());
 }

@@ -50,6 +50,16 @@ impl Target {
 /// Opens the store of `target`: PostgreSQL if a URL was given, else the embedded store
 /// in its directory (created if `create`).
 pub async fn open_store(target: &Target, create: bool) -> Result<Store, CliError> {
+    open_store_with(target, create, strata::Options::default()).await
+}
+
+/// As [`open_store`], with `options` for the embedded store (PostgreSQL takes its
+/// defaults).
+pub async fn open_store_with(
+    target: &Target,
+    create: bool,
+    options: strata::Options,
+) -> Result<Store, CliError> {
     if let Some(url) = &target.postgres {
         return Ok(strata_postgres::connect(url).await?);
     }
@@ -59,7 +69,7 @@ pub async fn open_store(target: &Target, create: bool) -> Result<Store, CliError
             path: dir.to_path_buf(),
         });
     }
-    let store = Store::open(dir)?;
+    let store = Store::open_with(dir, options)?;
     if let Some(engine) = store.embedded() {
         let report = engine.open_report();
         if let Some(tail) = &report.truncated_tail {

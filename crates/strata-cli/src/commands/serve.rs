@@ -14,7 +14,7 @@ use strata::Store;
 use strata_postgres::{PostgresOptions, PostgresStore};
 use strata_server::{NodeLeases, Server, ServerOptions};
 
-use crate::commands::{open_store, Target};
+use crate::commands::{open_store_with, Target};
 use crate::error::CliError;
 
 /// Options of `strata serve`.
@@ -96,6 +96,19 @@ pub struct LimitArgs {
     /// Longest shutdown waits for in-flight requests before closing their connections.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Most events one filtered read of `$all` examines per step: an HTTP page cut
+    /// short answers `next_from`, a gRPC read goes on with the next step.
+    #[arg(long, value_name = "N", default_value_t = strata::ReadAllOptions::SCAN_BUDGET_DEFAULT)]
+    pub scan_budget: u64,
+    /// Most scans of the global log running at once; more wait for a slot (default:
+    /// twice the cores, at least 4, embedded; 4 on PostgreSQL, where each holds a
+    /// connection).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_scans: Option<u64>,
+    /// How long a scan waits for a slot before the client is told the store is busy
+    /// (HTTP 503 with Retry-After, gRPC UNAVAILABLE).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub scan_wait: Duration,
 }
 
 impl LimitArgs {
@@ -117,6 +130,23 @@ impl LimitArgs {
         options.grpc_max_pending_reset_streams = self.grpc_max_pending_reset_streams;
         options.slow_request_threshold = self.slow_request_threshold;
         options.shutdown_grace = self.shutdown_grace;
+        options.scan_budget = self.scan_budget;
+    }
+
+    /// Sets the store's own limits (scan slots) on the embedded store's options.
+    fn apply_to_engine(&self, options: &mut strata::Options) {
+        if let Some(scans) = self.max_scans {
+            options.scans_max = usize::try_from(scans).unwrap_or(usize::MAX);
+        }
+        options.scan_wait_max = self.scan_wait;
+    }
+
+    /// Sets the store's own limits (scan slots) on PostgreSQL's options.
+    fn apply_to_postgres(&self, options: &mut PostgresOptions) {
+        if let Some(scans) = self.max_scans {
+            options.scans_max = usize::try_from(scans).unwrap_or(usize::MAX);
+        }
+        options.scan_wait_max = self.scan_wait;
     }
 }
 
@@ -126,14 +156,20 @@ pub async fn run(target: &Target, args: ServeArgs, json_logs: bool) -> Result<()
     let (store, leases) = match &target.postgres {
         // Nodes sharing the database share persistent subscriptions through its leases.
         Some(url) => {
-            let postgres = PostgresStore::connect(url, PostgresOptions::default()).await?;
+            let mut postgres_options = PostgresOptions::default();
+            args.limits.apply_to_postgres(&mut postgres_options);
+            let postgres = PostgresStore::connect(url, postgres_options).await?;
             let leases = NodeLeases {
                 advertise: args.advertise.clone(),
                 ..NodeLeases::new(Arc::new(postgres.leases()))
             };
             (Store::from_backend(Arc::new(postgres)), Some(leases))
         }
-        None => (open_store(target, true).await?, None),
+        None => {
+            let mut engine_options = strata::Options::default();
+            args.limits.apply_to_engine(&mut engine_options);
+            (open_store_with(target, true, engine_options).await?, None)
+        }
     };
     let mut options = ServerOptions {
         grpc: (!args.no_grpc).then_some(args.grpc),
@@ -274,5 +310,43 @@ mod tests {
         let expected = format!("{options:?}");
         parsed.args.limits.apply(&mut options);
         assert_eq!(format!("{options:?}"), expected);
+
+        let mut engine = strata::Options::default();
+        let expected = format!("{engine:?}");
+        parsed.args.limits.apply_to_engine(&mut engine);
+        assert_eq!(format!("{engine:?}"), expected);
+
+        let mut postgres = strata_postgres::PostgresOptions::default();
+        let expected = format!("{postgres:?}");
+        parsed.args.limits.apply_to_postgres(&mut postgres);
+        assert_eq!(format!("{postgres:?}"), expected);
+    }
+
+    #[test]
+    fn scan_flags_reach_the_store_and_the_server() {
+        let parsed = Serve::parse_from([
+            "serve",
+            "--scan-budget",
+            "77",
+            "--max-scans",
+            "3",
+            "--scan-wait",
+            "250ms",
+        ]);
+        let mut options = ServerOptions::default();
+        parsed.args.limits.apply(&mut options);
+        assert_eq!(options.scan_budget, 77);
+        let mut engine = strata::Options::default();
+        parsed.args.limits.apply_to_engine(&mut engine);
+        assert_eq!(engine.scans_max, 3);
+        assert_eq!(engine.scan_wait_max, std::time::Duration::from_millis(250));
+        let mut postgres = strata_postgres::PostgresOptions::default();
+        parsed.args.limits.apply_to_postgres(&mut postgres);
+        assert_eq!(postgres.scans_max, 3);
+        assert_eq!(
+            postgres.scan_wait_max,
+            std::time::Duration::from_millis(250)
+        );
+        assert!(Serve::try_parse_from(["serve", "--max-scans", "0"]).is_err());
     }
 }

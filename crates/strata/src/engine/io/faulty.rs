@@ -1,14 +1,16 @@
-//! A [`Storage`] wrapper that injects faults: a full disk, I/O errors, failed syncs and
-//! torn writes.
+//! A [`Storage`] wrapper that injects faults: a full disk, I/O errors, failed syncs,
+//! torn writes and a slow device.
 
 use std::fmt::Debug;
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::{Storage, StorageFile};
 
 /// A fault to inject. Once armed, it fires on every matching call until cleared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fault {
     /// File writes fail with ENOSPC after `after_writes` more successful writes; the
     /// failing write first writes `torn_bytes` bytes of its buffer.
@@ -29,6 +31,11 @@ pub enum Fault {
     SyncError {
         /// Syncs that still succeed before the fault fires.
         after_syncs: u64,
+    },
+    /// Every file read takes `delay` longer (a slow or overloaded device), and succeeds.
+    SlowReads {
+        /// Added to each read.
+        delay: Duration,
     },
 }
 
@@ -73,6 +80,15 @@ impl FaultyStorage {
         };
     }
 
+    /// How many calls of the armed fault's kind (writes, syncs or reads) were made since
+    /// it was armed.
+    pub fn seen(&self) -> u64 {
+        self.plan
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .seen
+    }
+
     /// Disarms the fault (the disk has space again, the device works again).
     pub fn clear(&self) {
         let mut plan = self
@@ -102,7 +118,7 @@ impl Plan {
                 after_writes,
                 torn_bytes,
             } => (after_writes, torn_bytes, libc::EIO),
-            Fault::SyncError { .. } => return None,
+            Fault::SyncError { .. } | Fault::SlowReads { .. } => return None,
         };
         self.seen += 1;
         (self.seen > after).then(|| (io::Error::from_raw_os_error(errno), torn))
@@ -114,6 +130,15 @@ impl Plan {
         };
         self.seen += 1;
         (self.seen > after_syncs).then(|| io::Error::from_raw_os_error(libc::EIO))
+    }
+
+    /// Counts a read and says how long it is delayed.
+    fn on_read(&mut self) -> Option<Duration> {
+        let Fault::SlowReads { delay } = self.fault? else {
+            return None;
+        };
+        self.seen += 1;
+        Some(delay)
     }
 }
 
@@ -153,6 +178,15 @@ impl Storage for FaultyStorage {
 
 impl StorageFile for FaultyFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let delay = self
+            .plan
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .on_read();
+        // Slept outside the lock, so that slow reads on several threads overlap.
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+        }
         self.inner.read_at(buf, offset)
     }
 

@@ -328,3 +328,90 @@ async fn appends_beyond_the_write_queues_byte_budget_wait_for_room_and_all_compl
     check_invariants(&all);
     assert_eq!(all.len(), 32 * 6);
 }
+
+/// Where the single location of stream `name` lies in an encoded checkpoint: after its
+/// name (u16 length, bytes), its flags byte (no metadata) and its u64 event count of 1.
+fn only_location_offset(bytes: &[u8], name: &str) -> usize {
+    let mut key = (name.len() as u16).to_le_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&1u64.to_le_bytes());
+    let at = bytes
+        .windows(key.len())
+        .position(|window| window == key.as_slice())
+        .unwrap_or_else(|| panic!("stream {name:?} is in the checkpoint"));
+    at + key.len()
+}
+
+/// Issue 12: a read did not check that the record at an indexed location is the
+/// stream and revision asked for, so a wrong index (here, a checkpoint whose locations
+/// of two streams were swapped, with a valid checksum) silently served another stream's
+/// events. The read now fails as corruption, naming the record it found.
+#[tokio::test]
+async fn a_read_that_finds_another_streams_record_fails_as_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let alpha = events(1);
+    {
+        let store = Store::open_with(dir.path(), options()).unwrap();
+        for (name, batch) in [("alpha", alpha.clone()), ("bravo", events(1))] {
+            store
+                .append(name, ExpectedRevision::NoStream, batch)
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    let path = dir.path().join(checkpoint::FILE_NAME);
+    let mut bytes = fs::read(&path).unwrap();
+    let (a, b) = (
+        only_location_offset(&bytes, "alpha"),
+        only_location_offset(&bytes, "bravo"),
+    );
+    let (location_a, location_b) = (bytes[a..a + 8].to_vec(), bytes[b..b + 8].to_vec());
+    assert_ne!(location_a, location_b);
+    bytes[a..a + 8].copy_from_slice(&location_b);
+    bytes[b..b + 8].copy_from_slice(&location_a);
+    let end = bytes.len() - 4;
+    let crc = crc32c::crc32c(&bytes[..end]);
+    bytes[end..].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&path, &bytes).unwrap();
+
+    let store = Store::open_with(dir.path(), options()).unwrap();
+    let report = store.embedded().unwrap().open_report().clone();
+    assert!(
+        matches!(report.index_source, IndexSource::Checkpoint),
+        "the swapped checkpoint is still valid as a file: {:?}",
+        report.index_source
+    );
+    for (asked, found) in [("alpha", "bravo"), ("bravo", "alpha")] {
+        let error = store
+            .read_stream(asked, strata::ReadStreamOptions::forwards())
+            .await
+            .unwrap_err();
+        match error {
+            strata::ReadError::Storage(StorageError::Corrupt { reason, .. }) => {
+                assert!(
+                    reason.contains(&format!("stream {asked:?}"))
+                        && reason.contains(&format!("stream {found:?}")),
+                    "{reason}"
+                );
+            }
+            other => panic!("reading {asked} gave {other:?}"),
+        }
+    }
+    // A retried append compares its ids with the stream's recorded events, read
+    // through the same check: it fails as corruption too, rather than deciding on
+    // another stream's record.
+    let retry = store
+        .append("alpha", ExpectedRevision::NoStream, alpha)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            retry,
+            strata::AppendError::Storage(StorageError::Corrupt { .. })
+        ),
+        "{retry:?}"
+    );
+    store.close().await.unwrap();
+}

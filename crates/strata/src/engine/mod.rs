@@ -351,15 +351,20 @@ impl Engine {
             Direction::Forwards => (low..high.min(low.saturating_add(limit))).collect(),
             Direction::Backwards => (low.max(high.saturating_sub(limit))..high).rev().collect(),
         };
-        let locations = {
+        let wanted = {
             let index = self.shared.index();
             let entry = visible_entry(&index, name)?;
             revisions
                 .iter()
-                .map(|&revision| location_of(entry, name, revision))
-                .collect::<Result<Vec<_>, _>>()?
+                .map(|&revision| {
+                    Ok(reader::StreamLocation {
+                        revision,
+                        location: location_of(entry, name, revision)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ReadError>>()?
         };
-        Ok(reader::read_locations(&self.shared, &locations)?)
+        Ok(reader::read_stream_locations(&self.shared, name, &wanted)?)
     }
 
     /// The first revision in `low..high` of stream `name` recorded at or after `cutoff`
@@ -380,7 +385,8 @@ impl Engine {
                 let index = self.shared.index();
                 location_of(visible_entry(&index, name)?, name, revision)?
             };
-            let event = reader::read_locations(&self.shared, &[location])?;
+            let wanted = [reader::StreamLocation { revision, location }];
+            let event = reader::read_stream_locations(&self.shared, name, &wanted)?;
             Ok(event
                 .first()
                 .is_some_and(|event| event.recorded_at.as_micros() >= cutoff))

@@ -362,14 +362,69 @@ pub fn read_all_backwards(
 }
 
 /// Reads the events at `locations`, in the given order, checking each record's checksum.
+/// For lookups by event id, whose callers check the id they find; reads of a stream go
+/// through [`read_stream_locations`].
 pub fn read_locations(
     shared: &Shared,
     locations: &[Location],
 ) -> Result<Vec<RecordedEvent>, StorageError> {
+    read_checked(shared, locations, |_, _| Ok(()))
+}
+
+/// Reads revisions of `stream` at the locations the index gives for them, in the given
+/// order, and checks that each record is the one asked for.
+///
+/// Invariant: the index maps (stream, revision) to the record of that stream and
+/// revision. A record that is not (an index built from a checkpoint of another log, a
+/// bug) fails the read as corruption instead of serving another stream's events.
+pub fn read_stream_locations(
+    shared: &Shared,
+    stream: &str,
+    wanted: &[StreamLocation],
+) -> Result<Vec<RecordedEvent>, StorageError> {
+    let locations: Vec<Location> = wanted.iter().map(|w| w.location).collect();
+    read_checked(shared, &locations, |at, view| {
+        let revision = wanted[at].revision;
+        if view.stream == stream && view.revision == revision {
+            return Ok(());
+        }
+        let location = wanted[at].location;
+        let reason = format!(
+            "the index places revision {revision} of stream {stream:?} here, but the record \
+             is revision {} of stream {:?}",
+            view.revision, view.stream
+        );
+        tracing::error!(
+            segment = location.segment(),
+            offset = location.offset(),
+            %reason,
+            "a read found another record than the index promised"
+        );
+        Err(reason)
+    })
+}
+
+/// Where the index says a revision of a stream lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLocation {
+    /// The revision.
+    pub revision: u64,
+    /// Its record's location.
+    pub location: Location,
+}
+
+/// Reads the records at `locations`, passing each (with its index in `locations`) to
+/// `check` before it becomes an event; a check that fails makes the read fail as
+/// corruption at that record.
+fn read_checked(
+    shared: &Shared,
+    locations: &[Location],
+    check: impl Fn(usize, &record::RecordView<'_>) -> Result<(), String>,
+) -> Result<Vec<RecordedEvent>, StorageError> {
     let mut out = Vec::with_capacity(locations.len());
     // The last window read: segment number, its file offset, and its bytes.
     let mut window: Option<(u32, u64, Bytes)> = None;
-    for &location in locations {
+    for (at_location, &location) in locations.iter().enumerate() {
         let offset = u64::from(location.offset());
         let covers = |w: &(u32, u64, Bytes), len: usize| {
             w.0 == location.segment()
@@ -392,6 +447,11 @@ pub fn read_locations(
         let name = segment::file_name(location.segment());
         let view = record::decode(bytes, at, true)
             .map_err(|reason| StorageError::corrupt(&name, offset, reason))?;
+        check(at_location, &view).map_err(|reason| StorageError::Corrupt {
+            file: name.clone(),
+            offset,
+            reason,
+        })?;
         out.push(view.to_event(bytes));
     }
     Ok(out)

@@ -149,6 +149,13 @@ impl Shared {
         let next = self.segments().next_position();
         let head = next.checked_sub(1).map(Position);
         self.head.send_if_modified(|current| {
+            // Invariant: the published head only moves forwards. Subscribers and
+            // read-your-writes waits trust every position up to it to stay; a head that
+            // moved back would have shown them events that are gone.
+            assert!(
+                head >= *current,
+                "the published head moved back from {current:?} to {head:?}"
+            );
             let changed = *current != head;
             *current = head;
             changed

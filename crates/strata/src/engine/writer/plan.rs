@@ -181,7 +181,7 @@ impl Planner<'_> {
             .get(name)
             .and_then(|entry| entry.locations.get(revision as usize).copied());
         match location {
-            Some(location) => Ok(Some(read_id(self.shared, location)?)),
+            Some(location) => Ok(Some(read_id(self.shared, name, revision, location)?)),
             None => Ok(None),
         }
     }
@@ -408,8 +408,15 @@ pub fn encoded_len(stream: &str, event: &EventData) -> u64 {
         + event.metadata.len()) as u64
 }
 
-fn read_id(shared: &Shared, location: Location) -> Result<(Uuid, u64), StorageError> {
-    let events = reader::read_locations(shared, &[location])?;
+/// The id and position of revision `revision` of stream `name`, at `location`.
+fn read_id(
+    shared: &Shared,
+    name: &str,
+    revision: u64,
+    location: Location,
+) -> Result<(Uuid, u64), StorageError> {
+    let wanted = [reader::StreamLocation { revision, location }];
+    let events = reader::read_stream_locations(shared, name, &wanted)?;
     let event = events.first().ok_or(StorageError::Closed)?;
     Ok((event.id, event.position.0))
 }

@@ -109,6 +109,10 @@ pub struct LimitArgs {
     /// (HTTP 503 with Retry-After, gRPC UNAVAILABLE).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub scan_wait: Duration,
+    /// Most segment files the embedded store keeps open at once (least recently used
+    /// closed first; reopened when a read needs one).
+    #[arg(long, value_name = "N", default_value_t = strata::Options::SEGMENT_HANDLES_MAX)]
+    pub segment_handles_max: usize,
 }
 
 impl LimitArgs {
@@ -133,12 +137,14 @@ impl LimitArgs {
         options.scan_budget = self.scan_budget;
     }
 
-    /// Sets the store's own limits (scan slots) on the embedded store's options.
+    /// Sets the store's own limits (scan slots, open files) on the embedded store's
+    /// options.
     fn apply_to_engine(&self, options: &mut strata::Options) {
         if let Some(scans) = self.max_scans {
             options.scans_max = usize::try_from(scans).unwrap_or(usize::MAX);
         }
         options.scan_wait_max = self.scan_wait;
+        options.segment_handles_max = self.segment_handles_max;
     }
 
     /// Sets the store's own limits (scan slots) on PostgreSQL's options.
@@ -178,7 +184,11 @@ pub async fn run(target: &Target, args: ServeArgs, json_logs: bool) -> Result<()
         ..ServerOptions::default()
     };
     args.limits.apply(&mut options);
-    fit_connections_to_open_file_limit(&mut options);
+    let segment_files = match &target.postgres {
+        Some(_) => 0,
+        None => args.limits.segment_handles_max,
+    };
+    fit_connections_to_open_file_limit(&mut options, segment_files);
     let server = Server::bind(store, options).await?;
     let store_place = match &target.postgres {
         Some(_) => "on PostgreSQL".to_owned(),
@@ -212,18 +222,24 @@ fn banner(json_logs: bool, line: String) {
     }
 }
 
-/// File descriptors kept for everything but client connections: segment files, the
-/// index checkpoint, PostgreSQL connections, listeners, the runtime.
-const RESERVED_DESCRIPTORS: u64 = 256;
+/// File descriptors kept for everything but client connections and segment files: the
+/// index checkpoint and its temporary file, the lock, the durable marker, PostgreSQL
+/// connections, listeners, the runtime.
+const RESERVED_DESCRIPTORS: u64 = 128;
 
 /// Raises the soft open-file limit to the hard one, and lowers `max_connections` to
 /// what it leaves room for: running out of descriptors would fail the store's own
 /// file operations (a segment roll), not just new connections.
-fn fit_connections_to_open_file_limit(options: &mut ServerOptions) {
+/// `segment_files` is the most segment files the store keeps open (the writer's tail
+/// may be one more).
+fn fit_connections_to_open_file_limit(options: &mut ServerOptions, segment_files: usize) {
     let Some(limit) = raise_open_file_limit() else {
         return;
     };
-    let room = usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
+    let reserved = RESERVED_DESCRIPTORS
+        .saturating_add(u64::try_from(segment_files).unwrap_or(u64::MAX))
+        .saturating_add(1);
+    let room = usize::try_from(limit.saturating_sub(reserved)).unwrap_or(usize::MAX);
     if options.max_connections > room {
         tracing::warn!(
             requested = options.max_connections,
@@ -332,6 +348,8 @@ mod tests {
             "3",
             "--scan-wait",
             "250ms",
+            "--segment-handles-max",
+            "9",
         ]);
         let mut options = ServerOptions::default();
         parsed.args.limits.apply(&mut options);
@@ -340,6 +358,7 @@ mod tests {
         parsed.args.limits.apply_to_engine(&mut engine);
         assert_eq!(engine.scans_max, 3);
         assert_eq!(engine.scan_wait_max, std::time::Duration::from_millis(250));
+        assert_eq!(engine.segment_handles_max, 9);
         let mut postgres = strata_postgres::PostgresOptions::default();
         parsed.args.limits.apply_to_postgres(&mut postgres);
         assert_eq!(postgres.scans_max, 3);

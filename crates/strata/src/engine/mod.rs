@@ -6,6 +6,7 @@
 //! head, and then the readers (`reader`) and subscriptions.
 
 pub mod format;
+mod handles;
 pub mod index;
 pub mod io;
 mod options;
@@ -93,7 +94,11 @@ impl Engine {
                 StorageError::io("lock", format!("{}/LOCK", storage.describe()), error).into()
             }
         })?;
-        let recovered = recovery::recover(&*storage, &options)?;
+        let handles = Arc::new(handles::SegmentHandles::new(
+            storage.clone(),
+            options.segment_handles_max,
+        ));
+        let recovered = recovery::recover(&*storage, &handles, &options)?;
         let head = recovered
             .segments
             .next_position()
@@ -110,6 +115,7 @@ impl Engine {
             index: std::sync::RwLock::new(recovered.index),
             head: head_sender,
             poisoned: Mutex::new(None),
+            handles,
         });
         let report = recovered.report;
         let rebuilt = matches!(report.index_source, IndexSource::Rebuilt { .. });
@@ -134,7 +140,7 @@ impl Engine {
             .map_or(0, |event| event.recorded_at.as_micros())
             .max(recovered.last_recorded_at);
         let (queue, receiver) = mpsc::channel(write_queue_max);
-        let writer = Writer::new(shared.clone(), last_recorded_at);
+        let writer = Writer::new(shared.clone(), last_recorded_at)?;
         let handle = std::thread::Builder::new()
             .name("strata-writer".into())
             .spawn(move || writer.run(receiver))
@@ -224,6 +230,7 @@ impl Engine {
                     segment.end_offset,
                 )
             };
+            let file = file.open()?;
             let flow = reader::for_each_frame(&*file, &name, offset.into(), end.into(), |frame| {
                 if frame.header.end_position() <= from.0 {
                     return Ok(ControlFlow::Continue(()));

@@ -49,6 +49,10 @@ pub struct Options {
     /// How long a read waits for a scan slot before it fails with
     /// [`ReadError::Busy`](crate::ReadError::Busy).
     pub scan_wait_max: Duration,
+    /// Most segment files kept open at once (least recently used closed first; any
+    /// segment is opened again when a read needs it). Bounds the file descriptors a
+    /// store uses however large it grows; the segment being written counts too.
+    pub segment_handles_max: usize,
 }
 
 /// What a part costs in the queue and in a batch besides its events: a delete or a
@@ -69,6 +73,9 @@ pub fn queued_bytes_max(limits: &Limits) -> usize {
 impl Options {
     /// Default segment size: 256 MiB.
     pub const SEGMENT_SIZE_BYTES: u32 = 256 << 20;
+    /// Default most open segment files: 256 (a quarter of a common `ulimit -n` of
+    /// 1 024, leaving the rest to connections; 64 GiB of log at the default segment size).
+    pub const SEGMENT_HANDLES_MAX: usize = 256;
     /// Default wait for a scan slot: 5 s.
     pub const SCAN_WAIT_MAX: Duration = Duration::from_secs(5);
 
@@ -117,9 +124,15 @@ impl Options {
         if self.limits.event_size_bytes_max > self.limits.append_size_bytes_max {
             return invalid("event_size_bytes_max exceeds append_size_bytes_max".into());
         }
-        if self.write_queue_max == 0 || self.batch_bytes_max == 0 || self.scans_max == 0 {
+        if self.write_queue_max == 0
+            || self.batch_bytes_max == 0
+            || self.scans_max == 0
+            || self.segment_handles_max == 0
+        {
             return invalid(
-                "write_queue_max, batch_bytes_max and scans_max must be positive".into(),
+                "write_queue_max, batch_bytes_max, scans_max and segment_handles_max must be \
+                 positive"
+                    .into(),
             );
         }
         let largest_append = queued_bytes_max(&self.limits);
@@ -167,6 +180,7 @@ impl Default for Options {
             batch_bytes_max: 16 << 20,
             scans_max: Options::default_scans_max(),
             scan_wait_max: Options::SCAN_WAIT_MAX,
+            segment_handles_max: Options::SEGMENT_HANDLES_MAX,
         }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -196,6 +195,7 @@ pub fn read_all_forwards(
         let Some((file, name, end)) = segment_at(shared, index) else {
             break;
         };
+        let file = file.open()?;
         let out = &mut scanned;
         let flow = for_each_frame(&*file, &name, u64::from(offset), u64::from(end), |found| {
             if found.header.end_position() <= from {
@@ -234,7 +234,9 @@ pub fn read_all_forwards(
     Ok(scanned)
 }
 
-fn segment_at(shared: &Shared, index: usize) -> Option<(Arc<dyn StorageFile>, String, u32)> {
+/// The file (not opened yet: that happens outside the segments lock), name and durable
+/// end of the segment at `index` of the list.
+fn segment_at(shared: &Shared, index: usize) -> Option<(super::handles::SegmentFile, String, u32)> {
     let segments = shared.segments();
     let segment = segments.list.get(index)?;
     Some((
@@ -304,6 +306,7 @@ pub fn read_all_backwards(
             )
         };
         found.clear();
+        let file = file.open()?;
         let flow = for_each_frame(&*file, &name, u64::from(start), u64::from(end), |frame| {
             if bounds.is_cancelled() {
                 return Ok(ControlFlow::Break(()));
@@ -470,6 +473,7 @@ fn read_window(shared: &Shared, location: Location) -> Result<(u32, u64, Bytes),
         })?;
         (segment.file.clone(), u64::from(segment.end_offset))
     };
+    let file = file.open()?;
     let name = || segment::file_name(location.segment());
     let offset = u64::from(location.offset());
     if offset + record::HEADER_LEN as u64 > end {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use super::format::segment::{self, SegmentHeader};
 use super::format::{frame, record};
+use super::handles::{SegmentFile, SegmentHandles};
 use super::index::checkpoint::{self, Checkpoint, SegmentSummary};
 use super::index::{Index, IndexedRun, Location, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use super::io::{read_exact_at, read_full_at, Storage, StorageFile};
@@ -89,7 +90,7 @@ pub struct Recovered {
 struct Opened {
     number: u32,
     name: String,
-    file: Arc<dyn StorageFile>,
+    file: SegmentFile,
     header: SegmentHeader,
     len: u64,
 }
@@ -105,6 +106,7 @@ fn io_error<'a>(
 /// the directory synced so the new name survives a crash.
 pub fn create_segment(
     storage: &dyn Storage,
+    handles: &Arc<SegmentHandles>,
     number: u32,
     first_position: u64,
     store_id: uuid::Uuid,
@@ -123,11 +125,12 @@ pub fn create_segment(
     storage
         .sync_dir()
         .map_err(io_error("sync directory of", &name))?;
+    handles.insert(number, file);
     Ok(SegmentInfo {
         number,
         name,
         first_position,
-        file,
+        file: SegmentFile::new(number, handles.clone()),
         sparse: Vec::new(),
         end_offset: segment::HEADER_LEN as u32,
         end_position: first_position,
@@ -136,7 +139,11 @@ pub fn create_segment(
 }
 
 /// Opens the segments, loads the checkpoint and scans the rest of the log.
-pub fn recover(storage: &dyn Storage, options: &Options) -> Result<Recovered, StorageError> {
+pub fn recover(
+    storage: &dyn Storage,
+    handles: &Arc<SegmentHandles>,
+    options: &Options,
+) -> Result<Recovered, StorageError> {
     let where_ = storage.describe();
     let names = storage.list().map_err(io_error("list", &where_))?;
     if names.iter().any(|n| n == checkpoint::TEMP_FILE_NAME) {
@@ -165,7 +172,7 @@ pub fn recover(storage: &dyn Storage, options: &Options) -> Result<Recovered, St
         events: 0,
         verified_segment: None,
     };
-    let mut opened = open_segments(storage, &numbers, &mut report)?;
+    let mut opened = open_segments(storage, handles, &numbers, &mut report)?;
     // A new store gets a fresh id; an existing one keeps the id of its first segment
     // (nil for stores older than store ids), which every other segment must carry too.
     let store_id = match opened.first() {
@@ -249,7 +256,9 @@ pub fn recover(storage: &dyn Storage, options: &Options) -> Result<Recovered, St
         }
     }
     if segments.list.is_empty() {
-        segments.list.push(create_segment(storage, 1, 0, store_id)?);
+        segments
+            .list
+            .push(create_segment(storage, handles, 1, 0, store_id)?);
     }
     // The checkpoint spared the scan every sealed segment before the resume point; a
     // flipped byte there would otherwise go unnoticed until a read reaches it. The
@@ -263,6 +272,7 @@ pub fn recover(storage: &dyn Storage, options: &Options) -> Result<Recovered, St
     // could take back events that readers saw, and their positions would be reused.
     if let Some(last) = segments.list.last() {
         last.file
+            .open()?
             .sync_data()
             .map_err(|e| StorageError::io("fdatasync", &last.name, e))?;
     }
@@ -277,13 +287,16 @@ pub fn recover(storage: &dyn Storage, options: &Options) -> Result<Recovered, St
 
 fn open_segments(
     storage: &dyn Storage,
+    handles: &Arc<SegmentHandles>,
     numbers: &[u32],
     report: &mut OpenReport,
 ) -> Result<Vec<Opened>, StorageError> {
     let mut opened = Vec::with_capacity(numbers.len());
     for (i, &number) in numbers.iter().enumerate() {
         let name = segment::file_name(number);
-        let file = storage.open(&name).map_err(io_error("open", &name))?;
+        // Through the handle cache: a store of thousands of segments must not hold
+        // them all open to read their headers.
+        let file = handles.file(number)?;
         let len = file.len().map_err(io_error("stat", &name))?;
         let mut bytes = [0u8; segment::HEADER_LEN];
         let got = read_full_at(&*file, &mut bytes, 0).map_err(io_error("read", &name))?;
@@ -291,7 +304,7 @@ fn open_segments(
             Ok(header) if header.number == number => opened.push(Opened {
                 number,
                 name,
-                file,
+                file: SegmentFile::new(number, handles.clone()),
                 header,
                 len,
             }),
@@ -314,6 +327,7 @@ fn open_segments(
             // crash interrupted: nothing in it was ever acknowledged.
             Err(_) if i + 1 == numbers.len() && len <= segment::HEADER_LEN as u64 => {
                 drop(file);
+                handles.forget(number);
                 storage.remove(&name).map_err(io_error("remove", &name))?;
                 storage
                     .sync_dir()
@@ -391,7 +405,8 @@ fn check_last_frame(summary: &SegmentSummary, seg: &Opened) -> Result<(), String
         return Err(not_boundary("its last frame is out of range"));
     }
     let mut bytes = vec![0u8; (summary.end_offset - start) as usize];
-    read_exact_at(&*seg.file, &mut bytes, u64::from(start))
+    let file = seg.file.open().map_err(|e| not_boundary(&e.to_string()))?;
+    read_exact_at(&*file, &mut bytes, u64::from(start))
         .map_err(|e| not_boundary(&e.to_string()))?;
     match frame::check(&bytes) {
         Ok(header)
@@ -437,7 +452,7 @@ fn verify_sealed(sealed: &SegmentInfo) -> Result<(), StorageError> {
     let mut end = u64::from(segment::HEADER_LEN as u32);
     // The visitor never stops early: every frame is checked.
     let _: std::ops::ControlFlow<()> = super::reader::for_each_frame(
-        &*sealed.file,
+        &*sealed.file.open()?,
         &sealed.name,
         end,
         u64::from(sealed.end_offset),
@@ -492,7 +507,7 @@ impl Scan<'_> {
     /// Scans frames from `start` to the end of the file. Returns the tail it cut off.
     fn run(mut self, start: u32) -> Result<Option<TruncatedTail>, StorageError> {
         let name = self.info.name.clone();
-        let file = self.info.file.clone();
+        let file = self.info.file.open()?;
         let mut offset = u64::from(start);
         while offset < self.len {
             let want = (SCAN_CHUNK_BYTES as u64).min(self.len - offset) as usize;

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::watch;
 
+use super::handles::{SegmentFile, SegmentHandles};
 use super::index::Index;
-use super::io::{Storage, StorageFile};
+use super::io::Storage;
 use super::options::Options;
 use crate::error::StorageError;
 use crate::event::Position;
@@ -26,8 +27,8 @@ pub struct SegmentInfo {
     pub name: String,
     /// Position of its first event.
     pub first_position: u64,
-    /// The open file.
-    pub file: Arc<dyn StorageFile>,
+    /// Its file, opened on demand through the store's handle cache.
+    pub file: SegmentFile,
     /// `(first position, offset)` of some frame starts, in order; always the first frame.
     pub sparse: Vec<(u64, u32)>,
     /// End of the durable frames: nothing past it is read.
@@ -112,6 +113,8 @@ pub struct Shared {
     pub head: watch::Sender<Option<Position>>,
     /// Set when a write or sync failed: no append is acknowledged afterwards.
     pub poisoned: Mutex<Option<String>>,
+    /// The open segment files (bounded).
+    pub handles: Arc<SegmentHandles>,
 }
 
 impl Shared {

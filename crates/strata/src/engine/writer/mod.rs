@@ -107,6 +107,9 @@ pub struct Writer {
     shared: Arc<Shared>,
     /// Segment currently written: number, name, file.
     tail: SegmentInfo,
+    /// The tail segment's open file, held by the writer for as long as it writes there
+    /// (the handle cache may close its own copy; this one stays valid).
+    tail_file: Arc<dyn crate::engine::io::StorageFile>,
     /// The store's id, written into every new segment's header.
     store_id: uuid::Uuid,
     last_recorded_at: u64,
@@ -125,7 +128,7 @@ pub struct Writer {
 
 impl Writer {
     /// A writer that continues the last segment of `shared`.
-    pub fn new(shared: Arc<Shared>, last_recorded_at: u64) -> Writer {
+    pub fn new(shared: Arc<Shared>, last_recorded_at: u64) -> Result<Writer, StorageError> {
         let shared_for_marker = shared.storage.clone();
         let (tail, store_id) = {
             let segments = shared.segments();
@@ -145,9 +148,11 @@ impl Writer {
             };
             (tail, segments.store_id)
         };
-        Writer {
+        let tail_file = tail.file.open()?;
+        Ok(Writer {
             shared,
             tail,
+            tail_file,
             store_id,
             last_recorded_at,
             bytes_since_checkpoint: 0,
@@ -156,7 +161,7 @@ impl Writer {
             overlay: Overlay::default(),
             buffer: Vec::new(),
             durable_marker: open_durable_marker(&*shared_for_marker),
-        }
+        })
     }
 
     /// Runs until every sender is gone, then writes a final checkpoint.
@@ -304,14 +309,14 @@ impl Writer {
                 if self.shared.options.durability != Durability::Fsync {
                     // A sealed segment is always synced, whatever the durability: damage
                     // in a sealed segment is reported as corruption at the next open.
-                    self.tail
-                        .file
+                    self.tail_file
                         .sync_data()
                         .map_err(|e| StorageError::io("fdatasync", &self.tail.name, e))?;
                 }
                 buffer.clear();
                 let next = create_segment(
                     &*shared.storage,
+                    &shared.handles,
                     self.tail.number + 1,
                     next_position,
                     self.store_id,
@@ -326,6 +331,7 @@ impl Writer {
                     end_position: next.end_position,
                     last_frame_offset: None,
                 });
+                self.tail_file = next.file.open()?;
                 self.tail = next;
                 buffer_offset = segment::HEADER_LEN as u64;
                 batch_offset = segment::HEADER_LEN as u32;
@@ -414,7 +420,7 @@ impl Writer {
     }
 
     fn write_and_sync(&mut self, bytes: &[u8], offset: u64) -> Result<(), StorageError> {
-        let file = &self.tail.file;
+        let file = &self.tail_file;
         file.write_at(bytes, offset)
             .map_err(|e| StorageError::io("write", &self.tail.name, e))?;
         if self.shared.options.durability == Durability::Fsync {
@@ -518,6 +524,7 @@ impl Writer {
                 .collect();
             created.sort_unstable();
             for &number in created.iter().rev() {
+                self.shared.handles.forget(number);
                 storage.remove(&segment::file_name(number))?;
             }
             if created.is_empty() {

@@ -3,86 +3,20 @@
 //! expired events overflowed the server's stack, one recursion per page of them).
 #![allow(clippy::unwrap_used)]
 
-use std::fmt::Debug;
-use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata::engine::io::{MemoryStorage, Storage, StorageFile};
+use strata::engine::io::{Fault, FaultyStorage, MemoryStorage};
 use strata::{
     Engine, EventData, ExpectedRevision, Options, ReadStreamOptions, Store, StreamMetadata,
     SubscribeFrom, SubscriptionMessage,
 };
 
-/// A storage that counts the reads of its files, so a test can bound how much a read
-/// touches.
-#[derive(Debug)]
-struct CountingStorage {
-    inner: MemoryStorage,
-    reads: Arc<AtomicU64>,
-}
-
-#[derive(Debug)]
-struct CountingFile {
-    inner: Arc<dyn StorageFile>,
-    reads: Arc<AtomicU64>,
-}
-
-impl CountingStorage {
-    fn wrap(&self, file: Arc<dyn StorageFile>) -> Arc<dyn StorageFile> {
-        Arc::new(CountingFile {
-            inner: file,
-            reads: self.reads.clone(),
-        })
-    }
-}
-
-impl Storage for CountingStorage {
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
-        self.inner.open(name).map(|file| self.wrap(file))
-    }
-    fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
-        self.inner.create(name).map(|file| self.wrap(file))
-    }
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn sync_dir(&self) -> io::Result<()> {
-        self.inner.sync_dir()
-    }
-    fn lock(&self) -> io::Result<Box<dyn Send + Sync + Debug>> {
-        self.inner.lock()
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
-impl StorageFile for CountingFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-}
+/// Counts file reads (with no delay), so a test can bound how much a read touches;
+/// injecting it again restarts the count.
+const COUNT_READS: Fault = Fault::SlowReads {
+    delay: Duration::ZERO,
+};
 
 /// Expired events before the live ones: enough that reading (or recursing over) them
 /// one page at a time is unmistakable.
@@ -101,13 +35,11 @@ fn small_events(n: usize) -> Vec<EventData> {
 
 #[tokio::test]
 async fn reads_and_subscriptions_skip_many_expired_events_without_reading_them() {
-    let reads = Arc::new(AtomicU64::new(0));
-    let storage = CountingStorage {
-        inner: MemoryStorage::new(),
-        reads: reads.clone(),
-    };
-    let store =
-        Store::from_engine(Engine::open_storage(Arc::new(storage), Options::default()).unwrap());
+    let storage = FaultyStorage::new(Arc::new(MemoryStorage::new()));
+    storage.inject(COUNT_READS);
+    let store = Store::from_engine(
+        Engine::open_storage(Arc::new(storage.clone()), Options::default()).unwrap(),
+    );
     let stream = "aging-1";
     for _ in 0..EXPIRED / 10_000 {
         store
@@ -139,12 +71,12 @@ async fn reads_and_subscriptions_skip_many_expired_events_without_reading_them()
 
     // Forwards, one event, from the start and from inside the expired run.
     for from in [None, Some(0), Some(1234), Some(EXPIRED - 1)] {
-        reads.store(0, Ordering::Relaxed);
+        storage.inject(COUNT_READS);
         let mut options = ReadStreamOptions::forwards().limit(1);
         options.from = from;
         let page = store.read_stream(stream, options).await.unwrap();
         assert_eq!(revisions(&page), vec![EXPIRED], "forwards from {from:?}");
-        let used = reads.load(Ordering::Relaxed);
+        let used = storage.seen();
         assert!(
             used <= READS_MAX,
             "forwards from {from:?} made {used} reads"
@@ -152,16 +84,16 @@ async fn reads_and_subscriptions_skip_many_expired_events_without_reading_them()
     }
     // A page larger than the live events, and an unbounded (paged) read.
     for limit in [512, usize::MAX] {
-        reads.store(0, Ordering::Relaxed);
+        storage.inject(COUNT_READS);
         let page = store
             .read_stream(stream, ReadStreamOptions::forwards().limit(limit))
             .await
             .unwrap();
         assert_eq!(revisions(&page), live, "forwards, limit {limit}");
-        assert!(reads.load(Ordering::Relaxed) <= READS_MAX);
+        assert!(storage.seen() <= READS_MAX);
     }
     // Backwards: from the end, and from an expired revision (nothing there).
-    reads.store(0, Ordering::Relaxed);
+    storage.inject(COUNT_READS);
     let back = store
         .read_stream(stream, ReadStreamOptions::backwards())
         .await
@@ -170,7 +102,7 @@ async fn reads_and_subscriptions_skip_many_expired_events_without_reading_them()
         revisions(&back),
         live.iter().rev().copied().collect::<Vec<_>>()
     );
-    assert!(reads.load(Ordering::Relaxed) <= READS_MAX);
+    assert!(storage.seen() <= READS_MAX);
     let back = store
         .read_stream(
             stream,
@@ -181,7 +113,7 @@ async fn reads_and_subscriptions_skip_many_expired_events_without_reading_them()
         .await
         .unwrap();
     assert_eq!(revisions(&back), vec![EXPIRED + 1, EXPIRED]);
-    reads.store(0, Ordering::Relaxed);
+    storage.inject(COUNT_READS);
     let expired = store
         .read_stream(
             stream,
@@ -192,11 +124,11 @@ async fn reads_and_subscriptions_skip_many_expired_events_without_reading_them()
         .await
         .unwrap();
     assert!(expired.is_empty(), "{:?}", revisions(&expired));
-    assert!(reads.load(Ordering::Relaxed) <= READS_MAX);
+    assert!(storage.seen() <= READS_MAX);
 
     // Catch-up subscriptions from the start and from inside the expired run.
     for from in [SubscribeFrom::Start, SubscribeFrom::After(10)] {
-        reads.store(0, Ordering::Relaxed);
+        storage.inject(COUNT_READS);
         let mut subscription = store.subscribe_stream(stream, from);
         let mut delivered = Vec::new();
         loop {
@@ -211,6 +143,6 @@ async fn reads_and_subscriptions_skip_many_expired_events_without_reading_them()
             }
         }
         assert_eq!(delivered, live, "subscription from {from:?}");
-        assert!(reads.load(Ordering::Relaxed) <= READS_MAX);
+        assert!(storage.seen() <= READS_MAX);
     }
 }

@@ -33,6 +33,7 @@ pub enum Fault {
         after_syncs: u64,
     },
     /// Every file read takes `delay` longer (a slow or overloaded device), and succeeds.
+    /// With a zero delay, only counts reads ([`FaultyStorage::seen`]).
     SlowReads {
         /// Added to each read.
         delay: Duration,
@@ -184,7 +185,7 @@ impl StorageFile for FaultyFile {
             .unwrap_or_else(|poison| poison.into_inner())
             .on_read();
         // Slept outside the lock, so that slow reads on several threads overlap.
-        if let Some(delay) = delay {
+        if let Some(delay) = delay.filter(|delay| !delay.is_zero()) {
             std::thread::sleep(delay);
         }
         self.inner.read_at(buf, offset)

@@ -22,13 +22,14 @@ declare -A TARGETS=(
   [record]="strata --lib engine::fuzz_targets::fuzz_record"
   [segment_header]="strata --lib engine::fuzz_targets::fuzz_segment_header"
   [checkpoint]="strata --lib engine::fuzz_targets::fuzz_checkpoint"
+  [table]="strata --lib engine::fuzz_targets::fuzz_table"
   [store_files]="strata --lib engine::fuzz_targets::fuzz_store_files"
   [metadata]="strata --lib engine::fuzz_targets::fuzz_metadata"
   [filter]="strata --lib engine::fuzz_targets::fuzz_filter"
   [http]="strata-server --test=fuzz_http fuzz_http"
   [grpc]="strata-server --test=fuzz_grpc fuzz_grpc"
 )
-ORDER=(frame record segment_header checkpoint store_files metadata filter http grpc)
+ORDER=(frame record segment_header checkpoint table store_files metadata filter http grpc)
 
 budget=(STRATA_FUZZ_CASES=100000)
 target=""

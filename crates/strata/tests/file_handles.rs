@@ -1,6 +1,6 @@
-//! A store keeps at most `Options::segment_handles_max` segment files open, however many
-//! segments it has: before, every segment stayed open, so a store of ~1 000 segments
-//! failed under a default `ulimit -n` of 1 024.
+//! A store keeps at most `Options::segment_handles_max` segment files (and as many
+//! segment tables) open, however many segments it has: before, every segment stayed
+//! open, so a store of ~1 000 segments failed under a default `ulimit -n` of 1 024.
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
@@ -22,11 +22,18 @@ fn options() -> Options {
 
 /// Segment files of `dir` this process has open now.
 fn open_segment_files(dir: &Path) -> usize {
+    open_files(dir, "seg")
+}
+
+/// Files of `dir` with extension `extension` this process has open now.
+fn open_files(dir: &Path, extension: &str) -> usize {
     let dir = dir.canonicalize().unwrap();
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .filter(|target| target.starts_with(&dir) && target.extension().is_some_and(|e| e == "seg"))
+        .filter(|target| {
+            target.starts_with(&dir) && target.extension().is_some_and(|e| e == extension)
+        })
         .count()
 }
 
@@ -88,6 +95,10 @@ async fn a_store_of_many_segments_keeps_few_files_open() {
         assert_eq!(events[0].data, padded(i)[0].data);
     }
     assert!(open_segment_files(dir.path()) <= HANDLES_MAX + 1);
+    assert!(
+        open_files(dir.path(), "tbl") <= HANDLES_MAX,
+        "segment tables are cached within the same bound"
+    );
     store
         .append("s-0", ExpectedRevision::Exact(0), padded(0))
         .await
@@ -95,7 +106,7 @@ async fn a_store_of_many_segments_keeps_few_files_open() {
     assert!(open_segment_files(dir.path()) <= HANDLES_MAX + 1);
     store.close().await.unwrap();
     assert_eq!(
-        open_segment_files(dir.path()),
+        open_segment_files(dir.path()) + open_files(dir.path(), "tbl"),
         0,
         "closing closes every file"
     );

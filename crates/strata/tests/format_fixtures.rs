@@ -154,7 +154,7 @@ async fn a_store_of_strata_0_1_0_opens_rebuilds_its_index_and_keeps_working() {
             .unwrap();
         store.close().await.unwrap();
     }
-    // The checkpoint written at close (version 2, with the store's nil id) is used next time.
+    // The checkpoint written at close (version 3, with the store's nil id) is used next time.
     let store = open(dir.path()).unwrap();
     assert_eq!(
         store.embedded().unwrap().open_report().index_source,

@@ -329,13 +329,13 @@ async fn appends_beyond_the_write_queues_byte_budget_wait_for_room_and_all_compl
     assert_eq!(all.len(), 32 * 6);
 }
 
-/// Where the single location of stream `name` lies in an encoded checkpoint: after its
-/// name (u16 length, bytes), its flags byte (no metadata) and its u64 event count of 1.
+/// Where the single location of stream `name` lies in an encoded checkpoint: the u32
+/// offset of its memtable run (u16 name length, name, u64 first revision 0, u32 count 1).
 fn only_location_offset(bytes: &[u8], name: &str) -> usize {
     let mut key = (name.len() as u16).to_le_bytes().to_vec();
     key.extend_from_slice(name.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&1u64.to_le_bytes());
+    key.extend_from_slice(&0u64.to_le_bytes());
+    key.extend_from_slice(&1u32.to_le_bytes());
     let at = bytes
         .windows(key.len())
         .position(|window| window == key.as_slice())
@@ -367,10 +367,10 @@ async fn a_read_that_finds_another_streams_record_fails_as_corruption() {
         only_location_offset(&bytes, "alpha"),
         only_location_offset(&bytes, "bravo"),
     );
-    let (location_a, location_b) = (bytes[a..a + 8].to_vec(), bytes[b..b + 8].to_vec());
+    let (location_a, location_b) = (bytes[a..a + 4].to_vec(), bytes[b..b + 4].to_vec());
     assert_ne!(location_a, location_b);
-    bytes[a..a + 8].copy_from_slice(&location_b);
-    bytes[b..b + 8].copy_from_slice(&location_a);
+    bytes[a..a + 4].copy_from_slice(&location_b);
+    bytes[b..b + 4].copy_from_slice(&location_a);
     let end = bytes.len() - 4;
     let crc = crc32c::crc32c(&bytes[..end]);
     bytes[end..].copy_from_slice(&crc.to_le_bytes());

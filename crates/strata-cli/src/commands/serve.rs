@@ -109,8 +109,8 @@ pub struct LimitArgs {
     /// (HTTP 503 with Retry-After, gRPC UNAVAILABLE).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub scan_wait: Duration,
-    /// Most segment files the embedded store keeps open at once (least recently used
-    /// closed first; reopened when a read needs one).
+    /// Most segment files the embedded store keeps open at once, and as many segment
+    /// tables (least recently used closed first; reopened when a read needs one).
     #[arg(long, value_name = "N", default_value_t = strata::Options::SEGMENT_HANDLES_MAX)]
     pub segment_handles_max: usize,
 }
@@ -230,14 +230,18 @@ const RESERVED_DESCRIPTORS: u64 = 128;
 /// Raises the soft open-file limit to the hard one, and lowers `max_connections` to
 /// what it leaves room for: running out of descriptors would fail the store's own
 /// file operations (a segment roll), not just new connections.
-/// `segment_files` is the most segment files the store keeps open (the writer's tail
-/// may be one more).
+/// `segment_files` is the most segment files the store keeps open (as many tables
+/// again, and the writer's tail may be one more).
 fn fit_connections_to_open_file_limit(options: &mut ServerOptions, segment_files: usize) {
     let Some(limit) = raise_open_file_limit() else {
         return;
     };
     let reserved = RESERVED_DESCRIPTORS
-        .saturating_add(u64::try_from(segment_files).unwrap_or(u64::MAX))
+        .saturating_add(
+            u64::try_from(segment_files)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(2),
+        )
         .saturating_add(1);
     let room = usize::try_from(limit.saturating_sub(reserved)).unwrap_or(usize::MAX);
     if options.max_connections > room {

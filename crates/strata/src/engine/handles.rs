@@ -24,6 +24,8 @@ use crate::error::StorageError;
 /// The store's cache of open segment files.
 pub struct SegmentHandles {
     storage: Arc<dyn Storage>,
+    /// The file name of number `n` (segments, or their tables).
+    name_of: fn(u32) -> String,
     max: usize,
     cache: Mutex<Cache>,
     /// Files opened because they were not in the cache (for tests and metrics).
@@ -54,8 +56,18 @@ impl fmt::Debug for SegmentHandles {
 impl SegmentHandles {
     /// A cache of at most `max` (at least 1) open segment files of `storage`.
     pub fn new(storage: Arc<dyn Storage>, max: usize) -> SegmentHandles {
+        SegmentHandles::named(storage, max, segment::file_name)
+    }
+
+    /// A cache of at most `max` (at least 1) open segment tables of `storage`.
+    pub fn for_tables(storage: Arc<dyn Storage>, max: usize) -> SegmentHandles {
+        SegmentHandles::named(storage, max, super::index::table::file_name)
+    }
+
+    fn named(storage: Arc<dyn Storage>, max: usize, name_of: fn(u32) -> String) -> SegmentHandles {
         SegmentHandles {
             storage,
+            name_of,
             max: max.max(1),
             cache: Mutex::default(),
             opens: AtomicU64::new(0),
@@ -73,7 +85,7 @@ impl SegmentHandles {
         }
         // Opened outside the lock: an open is a system call, and readers of other
         // segments must not wait behind it.
-        let name = segment::file_name(number);
+        let name = (self.name_of)(number);
         let file = self
             .storage
             .open(&name)

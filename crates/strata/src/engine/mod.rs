@@ -13,6 +13,7 @@ mod options;
 mod reader;
 mod recovery;
 mod state;
+mod stream_reads;
 mod verify;
 mod writer;
 
@@ -30,7 +31,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{AppendError, OpenError, ReadError, StorageError};
-use crate::event::{Position, RecordedEvent, Timestamp};
+use crate::event::{Position, RecordedEvent};
 use crate::store::{
     AppendRequest, AppendResult, Direction, EventStore, ListStreamsOptions, PageEnd,
     ReadAllOptions, ReadAllPage, ReadStreamOptions, StoreStats, StreamInfo,
@@ -42,13 +43,14 @@ use io::{DirStorage, Storage};
 use state::Shared;
 use writer::{Command, Part, PartKind, Writer};
 
+pub use index::IndexStats;
 pub use options::{Durability, Options};
 pub use recovery::{IndexSource, OpenReport, TruncatedTail};
 pub use verify::{verify, VerifyReport};
 
-/// Reads of at most this many events run on the caller's thread; larger ones on the
-/// blocking pool, so an async runtime is never stalled by a long read.
-const INLINE_READ_EVENTS_MAX: usize = 4096;
+/// Reads are served in pages of at most this many events, each on the blocking pool
+/// (file reads never run on the async runtime).
+const READ_PAGE_EVENTS_MAX: usize = 4096;
 
 /// The embedded event store.
 pub struct Engine {
@@ -98,7 +100,11 @@ impl Engine {
             storage.clone(),
             options.segment_handles_max,
         ));
-        let recovered = recovery::recover(&*storage, &handles, &options)?;
+        let table_handles = Arc::new(handles::SegmentHandles::for_tables(
+            storage.clone(),
+            options.segment_handles_max,
+        ));
+        let recovered = recovery::recover(&*storage, &handles, &table_handles, &options)?;
         let head = recovered
             .segments
             .next_position()
@@ -116,6 +122,8 @@ impl Engine {
             head: head_sender,
             poisoned: Mutex::new(None),
             handles,
+            table_handles,
+            closing: AtomicBool::new(false),
         });
         let report = recovered.report;
         let rebuilt = matches!(report.index_source, IndexSource::Rebuilt { .. });
@@ -140,7 +148,7 @@ impl Engine {
             .map_or(0, |event| event.recorded_at.as_micros())
             .max(recovered.last_recorded_at);
         let (queue, receiver) = mpsc::channel(write_queue_max);
-        let writer = Writer::new(shared.clone(), last_recorded_at)?;
+        let writer = Writer::new(shared.clone(), last_recorded_at, recovered.unindexed)?;
         let handle = std::thread::Builder::new()
             .name("strata-writer".into())
             .spawn(move || writer.run(receiver))
@@ -163,6 +171,11 @@ impl Engine {
         &self.report
     }
 
+    /// What the index holds in memory and on disk now.
+    pub fn index_stats(&self) -> IndexStats {
+        self.shared.index().stats()
+    }
+
     /// The options the store was opened with.
     pub fn options(&self) -> &Options {
         &self.shared.options
@@ -172,6 +185,21 @@ impl Engine {
     /// log), at most [`Options::scans_max`].
     pub fn scans_running(&self) -> usize {
         self.scans.running()
+    }
+
+    /// Reads one page of a stream on the blocking pool.
+    async fn read_stream_blocking(
+        &self,
+        stream: &str,
+        options: ReadStreamOptions,
+    ) -> Result<Vec<RecordedEvent>, ReadError> {
+        let shared = self.shared.clone();
+        let stream = stream.to_owned();
+        tokio::task::spawn_blocking(move || {
+            stream_reads::read_stream_page(&shared, &stream, options)
+        })
+        .await
+        .unwrap_or(Err(ReadError::Storage(StorageError::Closed)))
     }
 
     /// Reads one page of the global log on the blocking pool, holding a scan slot; the
@@ -265,6 +293,9 @@ impl Engine {
     }
 
     fn stop(&mut self) -> Result<(), StorageError> {
+        self.shared
+            .closing
+            .store(true, std::sync::atomic::Ordering::Release);
         self.queue.take();
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         match handle.map(JoinHandle::join) {
@@ -321,138 +352,6 @@ impl Engine {
             .and_then(AppendResult::last_position)
             .ok_or(AppendError::Storage(StorageError::Closed))
     }
-
-    /// One bounded page of a stream, honouring its metadata. Never recursive, and never
-    /// reads the events `$maxAge` hides: it finds the first unexpired one by binary search.
-    fn read_stream_now(
-        &self,
-        name: &str,
-        options: ReadStreamOptions,
-    ) -> Result<Vec<RecordedEvent>, ReadError> {
-        let (len, lowest, max_age) = {
-            let index = self.shared.index();
-            let entry = visible_entry(&index, name)?;
-            let len = entry.next_revision();
-            let metadata = entry.metadata.as_deref();
-            let lowest = metadata.map_or(0, |m| m.first_visible(len));
-            (len, lowest, metadata.and_then(|m| m.max_age))
-        };
-        // The revisions the page may take, before max age: `low..high`.
-        let (low, high) = match options.direction {
-            Direction::Forwards => (options.from.unwrap_or(0).max(lowest).min(len), len),
-            Direction::Backwards => {
-                let start = options.from.unwrap_or(len - 1).min(len - 1);
-                (lowest.min(start + 1), start + 1)
-            }
-        };
-        let low = match max_age {
-            Some(max_age) => {
-                let max_age = u64::try_from(max_age.as_micros()).unwrap_or(u64::MAX);
-                let cutoff = Timestamp::now().as_micros().saturating_sub(max_age);
-                self.first_recorded_at_or_after(name, low, high, cutoff)?
-            }
-            None => low,
-        };
-        let limit = options.limit as u64;
-        let revisions: Vec<u64> = match options.direction {
-            Direction::Forwards => (low..high.min(low.saturating_add(limit))).collect(),
-            Direction::Backwards => (low.max(high.saturating_sub(limit))..high).rev().collect(),
-        };
-        let wanted = {
-            let index = self.shared.index();
-            let entry = visible_entry(&index, name)?;
-            revisions
-                .iter()
-                .map(|&revision| {
-                    Ok(reader::StreamLocation {
-                        revision,
-                        location: location_of(entry, name, revision)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, ReadError>>()?
-        };
-        Ok(reader::read_stream_locations(&self.shared, name, &wanted)?)
-    }
-
-    /// The first revision in `low..high` of stream `name` recorded at or after `cutoff`
-    /// (in microseconds), or `high` if there is none.
-    ///
-    /// `recorded_at` never goes backwards along the log (the writer enforces it), so the
-    /// events `$maxAge` hides are the oldest ones of a stream and a binary search over
-    /// revisions finds the boundary: at most 65 records are read, however many expired.
-    fn first_recorded_at_or_after(
-        &self,
-        name: &str,
-        mut low: u64,
-        mut high: u64,
-        cutoff: u64,
-    ) -> Result<u64, ReadError> {
-        let unexpired = |revision: u64| -> Result<bool, ReadError> {
-            let location = {
-                let index = self.shared.index();
-                location_of(visible_entry(&index, name)?, name, revision)?
-            };
-            let wanted = [reader::StreamLocation { revision, location }];
-            let event = reader::read_stream_locations(&self.shared, name, &wanted)?;
-            Ok(event
-                .first()
-                .is_some_and(|event| event.recorded_at.as_micros() >= cutoff))
-        };
-        // The common case, nothing expired in the range, costs one record.
-        if low >= high || unexpired(low)? {
-            return Ok(low);
-        }
-        // Invariant: `low` is expired; `high` is unexpired or the end of the range.
-        while high - low > 1 {
-            let middle = low + (high - low) / 2;
-            if unexpired(middle)? {
-                high = middle;
-            } else {
-                low = middle;
-            }
-        }
-        Ok(high)
-    }
-}
-
-/// The index entry of a stream that reads can see: not tombstoned, not soft-deleted,
-/// with at least one event.
-fn visible_entry<'a>(
-    index: &'a index::Index,
-    name: &str,
-) -> Result<&'a index::StreamEntry, ReadError> {
-    let not_found = || ReadError::StreamNotFound {
-        stream: name.to_owned(),
-    };
-    let entry = index.streams.get(name).ok_or_else(not_found)?;
-    if entry.tombstoned {
-        return Err(ReadError::StreamDeleted {
-            stream: name.to_owned(),
-        });
-    }
-    if entry.is_deleted() || entry.next_revision() == 0 {
-        return Err(not_found());
-    }
-    Ok(entry)
-}
-
-/// Where the event at `revision` of a stream lies. The entry's locations only grow, so a
-/// revision below a length read earlier is always there; if not, the index is broken.
-fn location_of(
-    entry: &index::StreamEntry,
-    name: &str,
-    revision: u64,
-) -> Result<index::Location, ReadError> {
-    usize::try_from(revision)
-        .ok()
-        .and_then(|at| entry.locations.get(at).copied())
-        .ok_or_else(|| {
-            ReadError::Storage(StorageError::Corrupt {
-                file: "index".into(),
-                offset: revision,
-                reason: format!("stream {name:?} has no location for revision {revision}"),
-            })
-        })
 }
 
 impl Drop for Engine {
@@ -519,16 +418,16 @@ impl EventStore for Engine {
         options: ReadStreamOptions,
     ) -> Result<Vec<RecordedEvent>, ReadError> {
         stream::validate_name(stream, &self.shared.options.limits)?;
-        if options.limit <= INLINE_READ_EVENTS_MAX {
-            return self.read_stream_now(stream, options);
+        if options.limit <= READ_PAGE_EVENTS_MAX {
+            return self.read_stream_blocking(stream, options).await;
         }
-        // Large reads: page through on the caller's task, one bounded read at a time.
+        // Large reads: page through, one bounded read at a time.
         let mut out = Vec::new();
-        let mut page = options.limit(INLINE_READ_EVENTS_MAX);
+        let mut page = options.limit(READ_PAGE_EVENTS_MAX);
         loop {
-            let events = self.read_stream_now(stream, page)?;
+            let events = self.read_stream_blocking(stream, page).await?;
             let done =
-                events.len() < INLINE_READ_EVENTS_MAX || out.len() + events.len() >= options.limit;
+                events.len() < READ_PAGE_EVENTS_MAX || out.len() + events.len() >= options.limit;
             let next = events.last().map(|e| e.revision);
             out.extend(events);
             out.truncate(options.limit);
@@ -539,7 +438,6 @@ impl EventStore for Engine {
                 }
                 _ => return Ok(out),
             }
-            tokio::task::yield_now().await;
         }
     }
 
@@ -557,24 +455,33 @@ impl EventStore for Engine {
     }
 
     async fn read_all_page(&self, options: ReadAllOptions) -> Result<ReadAllPage, ReadError> {
-        // A filtered read may scan far more events than it returns: never inline.
-        if options.limit > INLINE_READ_EVENTS_MAX || !options.filter.is_empty() {
+        // A filtered read may scan far more events than it returns: it takes a scan
+        // slot. Any other read is one bounded page, read on the blocking pool too.
+        if options.limit > READ_PAGE_EVENTS_MAX || !options.filter.is_empty() {
             return self.scan_all(options).await;
         }
-        let never = AtomicBool::new(false);
-        read_all_on(&self.shared, &options, &never)
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let never = AtomicBool::new(false);
+            read_all_on(&shared, &options, &never)
+        })
+        .await
+        .unwrap_or(Err(ReadError::Storage(StorageError::Closed)))
     }
 
     async fn list_streams(
         &self,
         options: ListStreamsOptions,
     ) -> Result<Vec<StreamInfo>, ReadError> {
-        let index = self.shared.index();
-        let mut streams: Vec<StreamInfo> = index
-            .streams
-            .iter()
-            .filter(|(name, entry)| {
-                !entry.locations.is_empty()
+        // One pass over the heads under the read lock, keeping only the `limit` smallest
+        // names in a heap: memory is bounded by the page, not by the store's streams.
+        let limit = options.limit.unwrap_or(usize::MAX);
+        let mut page: std::collections::BinaryHeap<(Arc<str>, u64, u64)> =
+            std::collections::BinaryHeap::new();
+        if limit > 0 {
+            let index = self.shared.index();
+            for (name, entry) in &index.streams {
+                let wanted = entry.next_revision > 0
                     && !entry.tombstoned
                     && !entry.is_deleted()
                     && (options.include_system || !stream::is_system(name))
@@ -582,25 +489,31 @@ impl EventStore for Engine {
                         .prefix
                         .as_deref()
                         .is_none_or(|p| name.starts_with(p))
-                    && options.after.as_deref().is_none_or(|a| &***name > a)
-            })
-            .map(|(name, entry)| {
-                let len = entry.next_revision();
-                let metadata = entry.metadata.as_deref();
-                let lowest = metadata.map_or(0, |m| m.first_visible(len));
-                StreamInfo {
-                    name: name.to_string(),
-                    last_revision: len - 1,
-                    visible_events: len.saturating_sub(lowest),
+                    && options.after.as_deref().is_none_or(|a| &**name > a);
+                if !wanted || (page.len() >= limit && page.peek().is_some_and(|top| top.0 < *name))
+                {
+                    continue;
                 }
-            })
-            .collect();
-        drop(index);
-        streams.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        if let Some(limit) = options.limit {
-            streams.truncate(limit);
+                let len = entry.next_revision;
+                let lowest = entry
+                    .metadata
+                    .as_deref()
+                    .map_or(0, |m| m.first_visible(len));
+                page.push((name.clone(), len - 1, len.saturating_sub(lowest)));
+                if page.len() > limit {
+                    page.pop();
+                }
+            }
         }
-        Ok(streams)
+        Ok(page
+            .into_sorted_vec()
+            .into_iter()
+            .map(|(name, last_revision, visible_events)| StreamInfo {
+                name: name.to_string(),
+                last_revision,
+                visible_events,
+            })
+            .collect())
     }
 
     async fn delete_stream(
@@ -628,14 +541,10 @@ impl EventStore for Engine {
     }
 
     async fn stats(&self) -> Result<StoreStats, ReadError> {
-        let (events, streams) = {
+        let (events, streams, table_bytes) = {
             let index = self.shared.index();
-            let streams = index
-                .streams
-                .values()
-                .filter(|e| !e.locations.is_empty())
-                .count();
-            (index.events, streams as u64)
+            let tables: u64 = index.tables.values().map(|t| t.file_bytes()).sum();
+            (index.events, index.streams_with_events, tables)
         };
         let (disk_bytes, segments, head) = {
             let segments = self.shared.segments();
@@ -653,9 +562,83 @@ impl EventStore for Engine {
             events,
             streams,
             head,
-            disk_bytes: disk_bytes + checkpoint_bytes,
+            disk_bytes: disk_bytes + checkpoint_bytes + table_bytes,
             segments,
             backend: "embedded".into(),
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test panics on a failed expectation
+mod tests {
+    use super::*;
+    use crate::engine::index::bloom::stream_hash;
+    use crate::engine::index::table::{self, Entry, Table};
+    use crate::engine::io::MemoryStorage;
+    use crate::EventData;
+
+    /// Tables key streams by a 64-bit hash. Two streams that share it in one table must
+    /// each read their own events: the reader reads every candidate and keeps the record
+    /// of the stream asked for.
+    #[tokio::test]
+    async fn streams_sharing_a_hash_in_a_table_read_their_own_events() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let engine = Engine::open_storage(storage.clone(), Options::small_for_tests()).unwrap();
+        for name in ["b", "a"] {
+            let event = EventData::json("E", &serde_json::json!({ "stream": name })).unwrap();
+            engine
+                .append_multi(vec![AppendRequest::new(
+                    name,
+                    ExpectedRevision::NoStream,
+                    vec![event],
+                )])
+                .await
+                .unwrap();
+        }
+        let (b, a) = {
+            let index = engine.shared.index();
+            let at = |name: &str| {
+                index.memtables[&1]
+                    .run(name)
+                    .map(|(_, offsets)| offsets[0])
+                    .unwrap()
+            };
+            (at("b"), at("a"))
+        };
+        // A table for segment 1 in which "b" collides with "a": both entries under
+        // a's hash, b's first (lower offset).
+        let hash = stream_hash("a");
+        let entries = vec![
+            Entry {
+                hash,
+                revision: 0,
+                offset: b,
+            },
+            Entry {
+                hash,
+                revision: 0,
+                offset: a,
+            },
+        ];
+        let file = storage.create(&table::file_name(1)).unwrap();
+        let store_id = engine.shared.segments().store_id;
+        file.write_at(&table::encode(1, store_id, 4096, &entries), 0)
+            .unwrap();
+        let loaded =
+            Table::load(&*storage, &engine.shared.table_handles, 1, store_id, 4096).unwrap();
+        engine.shared.index_mut().install_table(Arc::new(loaded));
+        let events = engine
+            .read_stream("a", ReadStreamOptions::forwards())
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].stream, "a");
+        assert_eq!(
+            events[0].data,
+            EventData::json("E", &serde_json::json!({ "stream": "a" }))
+                .unwrap()
+                .data
+        );
     }
 }

@@ -50,8 +50,9 @@ pub struct Options {
     /// [`ReadError::Busy`](crate::ReadError::Busy).
     pub scan_wait_max: Duration,
     /// Most segment files kept open at once (least recently used closed first; any
-    /// segment is opened again when a read needs it). Bounds the file descriptors a
-    /// store uses however large it grows; the segment being written counts too.
+    /// segment is opened again when a read needs it), and separately as many segment
+    /// tables. Bounds the file descriptors a store uses however large it grows (twice
+    /// this, plus a few); the segment being written counts too.
     pub segment_handles_max: usize,
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 
 use super::format::{frame, record, segment};
-use super::index::Location;
+use super::index::{Location, Lookup};
 use super::io::{read_exact_at, StorageFile};
 use super::state::Shared;
 use crate::error::StorageError;
@@ -374,46 +374,81 @@ pub fn read_locations(
     read_checked(shared, locations, |_, _| Ok(()))
 }
 
-/// Reads revisions of `stream` at the locations the index gives for them, in the given
-/// order, and checks that each record is the one asked for.
+/// Reads revisions `low..` of `stream` (ascending, as many as `lookup` covers) and
+/// checks that each record is the one asked for.
 ///
 /// Invariant: the index maps (stream, revision) to the record of that stream and
-/// revision. A record that is not (an index built from a checkpoint of another log, a
-/// bug) fails the read as corruption instead of serving another stream's events.
-pub fn read_stream_locations(
+/// revision. Tables key streams by a 64-bit hash, so a table may also offer records of
+/// another stream sharing the hash: when a record is not the one asked for, every
+/// candidate is read and the right one kept. When none is (an index built from a
+/// checkpoint of another log, a bug), the read fails as corruption instead of serving
+/// another stream's events.
+pub fn read_revisions(
     shared: &Shared,
     stream: &str,
-    wanted: &[StreamLocation],
+    low: u64,
+    lookup: &Lookup,
 ) -> Result<Vec<RecordedEvent>, StorageError> {
-    let locations: Vec<Location> = wanted.iter().map(|w| w.location).collect();
-    read_checked(shared, &locations, |at, view| {
-        let revision = wanted[at].revision;
-        if view.stream == stream && view.revision == revision {
-            return Ok(());
+    let candidates = lookup.resolve(false)?;
+    if candidates.iter().all(|c| c.len() == 1) {
+        let locations: Vec<Location> = candidates.iter().map(|c| c[0]).collect();
+        let mismatch = std::cell::Cell::new(false);
+        let read = read_checked(shared, &locations, |at, view| {
+            if view.stream == stream && view.revision == low + at as u64 {
+                Ok(())
+            } else {
+                mismatch.set(true);
+                Err(String::new())
+            }
+        });
+        if !mismatch.get() {
+            return read;
         }
-        let location = wanted[at].location;
-        let reason = format!(
-            "the index places revision {revision} of stream {stream:?} here, but the record \
-             is revision {} of stream {:?}",
-            view.revision, view.stream
+    }
+    // Several candidates, a missing one, or a record of another stream: search every
+    // table and read every candidate.
+    let candidates = lookup.resolve(true)?;
+    let mut events = Vec::with_capacity(candidates.len());
+    for (at, options) in candidates.iter().enumerate() {
+        let revision = low + at as u64;
+        let read = read_locations(shared, options)?;
+        if let Some(event) = read
+            .iter()
+            .find(|event| event.stream == stream && event.revision == revision)
+        {
+            events.push(event.clone());
+            continue;
+        }
+        let (file, offset) = options.first().map_or_else(
+            || ("index".to_owned(), revision),
+            |l| (segment::file_name(l.segment()), u64::from(l.offset())),
         );
+        let found = read
+            .iter()
+            .map(|e| format!("revision {} of stream {:?}", e.revision, e.stream))
+            .collect::<Vec<_>>();
+        let reason = if found.is_empty() {
+            format!("the index has no location for revision {revision} of stream {stream:?}")
+        } else {
+            format!(
+                "the index places revision {revision} of stream {stream:?} here, but the \
+                 record is {}",
+                found.join(", ")
+            )
+        };
         tracing::error!(
-            segment = location.segment(),
-            offset = location.offset(),
+            file = file.as_str(),
+            offset,
             %reason,
             "a read found another record than the index promised"
         );
-        Err(reason)
-    })
-}
-
-/// Where the index says a revision of a stream lies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StreamLocation {
-    /// The revision.
-    pub revision: u64,
-    /// Its record's location.
-    pub location: Location,
+        return Err(StorageError::Corrupt {
+            file,
+            offset,
+            reason,
+        });
+    }
+    Ok(events)
 }
 
 /// Reads the records at `locations`, passing each (with its index in `locations`) to

@@ -19,6 +19,7 @@ use super::format::segment::{self, SegmentHeader};
 use super::format::{frame, record};
 use super::handles::{SegmentFile, SegmentHandles};
 use super::index::checkpoint::{self, Checkpoint, SegmentSummary};
+use super::index::table::{self, Table};
 use super::index::{Index, IndexedRun, Location, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use super::io::{read_exact_at, read_full_at, Storage, StorageFile};
 use super::options::Options;
@@ -83,6 +84,8 @@ pub struct OpenReport {
 pub struct Recovered {
     pub segments: Segments,
     pub index: Index,
+    /// Sealed segments without a table: the indexer builds them.
+    pub unindexed: Vec<u32>,
     pub report: OpenReport,
     pub last_recorded_at: u64,
 }
@@ -142,6 +145,7 @@ pub fn create_segment(
 pub fn recover(
     storage: &dyn Storage,
     handles: &Arc<SegmentHandles>,
+    table_handles: &Arc<SegmentHandles>,
     options: &Options,
 ) -> Result<Recovered, StorageError> {
     let where_ = storage.describe();
@@ -202,6 +206,14 @@ pub fn recover(
             }
         };
     segments.store_id = store_id;
+    load_tables(
+        storage,
+        table_handles,
+        &names,
+        &opened,
+        store_id,
+        &mut index,
+    );
     let mut last_recorded_at = 0;
     let count = opened.len();
     for (i, seg) in opened.into_iter().enumerate() {
@@ -276,13 +288,85 @@ pub fn recover(
             .sync_data()
             .map_err(|e| StorageError::io("fdatasync", &last.name, e))?;
     }
+    let unindexed = index_sealed_segments(storage, handles, table_handles, &segments, &mut index)?;
     report.events = index.events;
     Ok(Recovered {
         segments,
         index,
+        unindexed,
         report,
         last_recorded_at,
     })
+}
+
+/// Removes tables that cannot be trusted (of the last segment, which still grows, or of
+/// no segment, and half-written ones) and puts the valid tables of sealed segments in
+/// the index, in place of any memtable the checkpoint had for them.
+fn load_tables(
+    storage: &dyn Storage,
+    table_handles: &Arc<SegmentHandles>,
+    names: &[String],
+    opened: &[Opened],
+    store_id: uuid::Uuid,
+    index: &mut Index,
+) {
+    let sealed = &opened[..opened.len().saturating_sub(1)];
+    for name in names {
+        let Some(number) = table::parse_file_name(name) else {
+            continue;
+        };
+        let of_sealed = sealed.iter().any(|seg| seg.number == number);
+        if !of_sealed || name.ends_with(".tmp") {
+            table_handles.forget(number);
+            if let Err(error) = storage.remove(name) {
+                tracing::warn!(file = name.as_str(), %error, "cannot remove a stale segment table");
+            }
+        }
+    }
+    for seg in sealed {
+        match Table::load(storage, table_handles, seg.number, store_id, seg.len) {
+            Ok(table) => index.install_table(Arc::new(table)),
+            Err(unusable) => {
+                if names.contains(&table::file_name(seg.number)) {
+                    tracing::warn!(segment = seg.number, reason = %unusable, "segment table not used; it is rebuilt");
+                }
+            }
+        }
+    }
+}
+
+/// After the scan: every sealed segment has a table, or a memtable and a place in the
+/// returned list (the indexer builds its table). A sealed segment with neither (its
+/// table went missing after a checkpoint relied on it) gets its table built now: its
+/// events could not be found otherwise.
+fn index_sealed_segments(
+    storage: &dyn Storage,
+    handles: &Arc<SegmentHandles>,
+    table_handles: &Arc<SegmentHandles>,
+    segments: &Segments,
+    index: &mut Index,
+) -> Result<Vec<u32>, StorageError> {
+    let mut unindexed = Vec::new();
+    let sealed = &segments.list[..segments.list.len().saturating_sub(1)];
+    for seg in sealed {
+        if index.tables.contains_key(&seg.number) {
+            continue;
+        }
+        if index.memtables.contains_key(&seg.number) {
+            unindexed.push(seg.number);
+            continue;
+        }
+        let built = table::build(
+            storage,
+            handles,
+            table_handles,
+            seg.number,
+            segments.store_id,
+            u64::from(seg.end_offset),
+        )?;
+        index.install_table(Arc::new(built));
+    }
+    Ok(unindexed)
 }
 
 fn open_segments(

@@ -115,6 +115,10 @@ pub struct Shared {
     pub poisoned: Mutex<Option<String>>,
     /// The open segment files (bounded).
     pub handles: Arc<SegmentHandles>,
+    /// The open segment table files (bounded the same way).
+    pub table_handles: Arc<SegmentHandles>,
+    /// Set when the store is closing: background threads stop at their next step.
+    pub closing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {

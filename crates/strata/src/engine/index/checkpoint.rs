@@ -1,9 +1,11 @@
-//! The index checkpoint: a copy of the indexes and of the segments' sparse position
-//! indexes, valid up to a durable point of the log, so that opening a large store scans
-//! only the log written after it.
+//! The index checkpoint: a copy of the in-memory indexes (stream heads, the memtables of
+//! segments without a table, recent ids) and of the segments' sparse position indexes,
+//! valid up to a durable point of the log, so that opening a large store scans only the
+//! log written after it. Event locations of segments with a table are not in it: it
+//! grows with streams, not with events.
 //!
 //! ```text
-//! "STRATIDX"  u32 version (2)  u32 reserved
+//! "STRATIDX"  u32 version (3)  u32 reserved
 //! 16-byte store id (the one in every segment header of the store)
 //! u32 segment count, then per segment:
 //!     u32 number  u64 first position  u32 end offset  u64 end position
@@ -12,10 +14,16 @@
 //! u64 event count
 //! u64 stream count, then per stream:
 //!     u16 name length, name, u8 flags (1 tombstoned, 2 metadata follows)
-//!     [u32 length, metadata JSON]  u64 location count, then u64 each
+//!     [u32 length, metadata JSON]  u64 next revision
+//! u32 memtable count, then per memtable:
+//!     u32 segment number, u64 run count, then per run:
+//!         u16 name length, name, u64 first revision, u32 count, then u32 offset each
 //! u64 recent id count, then (16-byte id, u64 location) each, oldest first
 //! u32 CRC32C of everything before it
 //! ```
+//!
+//! Version 2 (per stream, `u64 location count` and a `u64` location each instead of the
+//! next revision, and no memtables) is still read: its locations become memtables.
 //!
 //! The checkpoint is derived data: if it is missing, damaged, of another version, of
 //! another store, or disagrees with the segment files (a covered segment's last frame is
@@ -27,7 +35,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{Index, Location, StreamEntry};
+use super::{Index, Location, Memtable, StreamEntry};
 use crate::engine::format::{u16_at, u32_at, u64_at};
 use crate::engine::state::Segments;
 use crate::metadata::StreamMetadata;
@@ -37,7 +45,9 @@ pub const FILE_NAME: &str = "index.ckpt";
 /// The name it is written under before being renamed into place.
 pub const TEMP_FILE_NAME: &str = "index.ckpt.tmp";
 const MAGIC: &[u8; 8] = b"STRATIDX";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
+/// The previous version, still read.
+const VERSION_2: u32 = 2;
 /// `last_frame_offset` on disk when a segment has no frame.
 const NO_FRAME: u32 = u32::MAX;
 
@@ -71,9 +81,10 @@ pub struct Checkpoint {
 
 /// Serialises the segments and indexes.
 pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
+    let memtable_events: u64 = index.memtables.values().map(Memtable::events).sum();
     let capacity = 64usize
-        .saturating_add((index.events as usize).saturating_mul(8))
-        .saturating_add(index.streams.len().saturating_mul(32));
+        .saturating_add((memtable_events as usize).saturating_mul(4))
+        .saturating_add(index.streams.len().saturating_mul(40));
     let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -95,8 +106,7 @@ pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
     out.extend_from_slice(&index.events.to_le_bytes());
     out.extend_from_slice(&(index.streams.len() as u64).to_le_bytes());
     for (name, entry) in &index.streams {
-        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        out.extend_from_slice(name.as_bytes());
+        put_name(&mut out, name);
         let flags = u8::from(entry.tombstoned) | (u8::from(entry.metadata.is_some()) << 1);
         out.push(flags);
         if let Some(metadata) = &entry.metadata {
@@ -104,9 +114,19 @@ pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
             out.extend_from_slice(&(json.len() as u32).to_le_bytes());
             out.extend_from_slice(json.as_bytes());
         }
-        out.extend_from_slice(&(entry.locations.len() as u64).to_le_bytes());
-        for location in &entry.locations {
-            out.extend_from_slice(&location.0.to_le_bytes());
+        out.extend_from_slice(&entry.next_revision.to_le_bytes());
+    }
+    out.extend_from_slice(&(index.memtables.len() as u32).to_le_bytes());
+    for (&segment, memtable) in &index.memtables {
+        out.extend_from_slice(&segment.to_le_bytes());
+        out.extend_from_slice(&(memtable.streams() as u64).to_le_bytes());
+        for (name, first_revision, offsets) in memtable.runs() {
+            put_name(&mut out, name);
+            out.extend_from_slice(&first_revision.to_le_bytes());
+            out.extend_from_slice(&(offsets.len() as u32).to_le_bytes());
+            for offset in offsets {
+                out.extend_from_slice(&offset.to_le_bytes());
+            }
         }
     }
     out.extend_from_slice(&(index.recent.len() as u64).to_le_bytes());
@@ -117,6 +137,11 @@ pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
+}
+
+fn put_name(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
 }
 
 struct Cursor<'a> {
@@ -130,6 +155,10 @@ impl<'a> Cursor<'a> {
         let slice = self.bytes.get(self.at..end).ok_or("checkpoint truncated")?;
         self.at = end;
         Ok(slice)
+    }
+    fn name(&mut self) -> Result<&'a str, &'static str> {
+        let len = usize::from(self.u16()?);
+        std::str::from_utf8(self.take(len)?).map_err(|_| "stream name not UTF-8")
     }
     fn u16(&mut self) -> Result<u16, &'static str> {
         Ok(u16_at(self.take(2)?, 0))
@@ -168,7 +197,8 @@ pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'stati
     if c.take(8)? != MAGIC {
         return Err("not a checkpoint");
     }
-    if c.u32()? != VERSION {
+    let version = c.u32()?;
+    if version != VERSION && version != VERSION_2 {
         return Err("checkpoint of another version");
     }
     c.u32()?;
@@ -196,8 +226,7 @@ pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'stati
     let mut index = Index::new(recent_ids_max);
     index.events = c.u64()?;
     for _ in 0..c.count(true, 11)? {
-        let name_len = usize::from(c.u16()?);
-        let name = std::str::from_utf8(c.take(name_len)?).map_err(|_| "stream name not UTF-8")?;
+        let name: Arc<str> = c.name()?.into();
         let flags = c.take(1)?[0];
         let metadata = if flags & 2 != 0 {
             let len = c.u32()? as usize;
@@ -207,17 +236,58 @@ pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'stati
         } else {
             None
         };
-        let count = c.count(true, 8)?;
-        let mut locations = Vec::with_capacity(count);
-        for chunk in c.take(count * 8)?.chunks_exact(8) {
-            locations.push(Location(u64_at(chunk, 0)));
+        let next_revision = if version == VERSION_2 {
+            // Version 2 held every location: they become memtables.
+            let count = c.count(true, 8)?;
+            for (revision, chunk) in c.take(count * 8)?.chunks_exact(8).enumerate() {
+                let location = Location(u64_at(chunk, 0));
+                index
+                    .memtables
+                    .entry(location.segment())
+                    .or_default()
+                    .add(&name, revision as u64, std::iter::once(location.offset()))
+                    .map_err(|_| "locations out of order")?;
+            }
+            count as u64
+        } else {
+            c.u64()?
+        };
+        if next_revision > 0 {
+            index.streams_with_events += 1;
         }
         let entry = StreamEntry {
-            locations,
+            next_revision,
             tombstoned: flags & 1 != 0,
             metadata,
         };
-        index.streams.insert(name.into(), entry);
+        if index.streams.insert(name, entry).is_some() {
+            return Err("a stream appears twice");
+        }
+    }
+    if version == VERSION {
+        for _ in 0..c.count(false, 12)? {
+            let segment = c.u32()?;
+            let mut memtable = Memtable::default();
+            for _ in 0..c.count(true, 14)? {
+                let name = c.name()?;
+                let first_revision = c.u64()?;
+                let count = c.count(false, 4)?;
+                let offsets = c.take(count * 4)?.chunks_exact(4).map(|o| u32_at(o, 0));
+                let (name, entry) = index
+                    .streams
+                    .get_key_value(name)
+                    .ok_or("a memtable names an unknown stream")?;
+                if first_revision.saturating_add(count as u64) > entry.next_revision {
+                    return Err("a memtable locates revisions its stream does not have");
+                }
+                memtable
+                    .add(name, first_revision, offsets)
+                    .map_err(|_| "a memtable run appears twice")?;
+            }
+            if index.memtables.insert(segment, memtable).is_some() {
+                return Err("a memtable appears twice");
+            }
+        }
     }
     for _ in 0..c.count(true, 24)? {
         let id = Uuid::from_slice(c.take(16)?).map_err(|_| "bad id")?;
@@ -231,7 +301,7 @@ pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'stati
     let located: u64 = index
         .streams
         .values()
-        .map(|entry| entry.locations.len() as u64)
+        .map(|entry| entry.next_revision)
         .sum();
     if located != index.events {
         return Err("event count does not match the streams");

@@ -1,23 +1,33 @@
-//! The in-memory indexes: stream → event locations, stream metadata, and a window of
-//! recently written appends (by their first event id) for idempotent retries.
+//! The indexes: per stream its head (next revision, tombstone, metadata) in memory;
+//! where each event lies in segment tables on disk for sealed segments and in memtables
+//! for the rest; a window of recently written appends (by their first event id) for
+//! idempotent retries.
 //!
 //! All of it is derived from the log: [`Index::apply`] is the one place that turns a
 //! recorded event into index state, used both by the writer after a durable batch and by
-//! recovery when it scans the log. A checkpoint ([`checkpoint`]) saves a copy so that
-//! opening a large store does not rescan it.
+//! recovery when it scans the log. A checkpoint ([`checkpoint`]) saves the heads and the
+//! memtables so that opening a large store does not rescan it; tables ([`table`]) are
+//! written once per sealed segment by the [`indexer`].
 
+pub mod bloom;
 pub mod checkpoint;
+pub mod indexer;
+mod memtable;
 mod recent;
+pub mod table;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::error::StorageError;
 use crate::metadata::StreamMetadata;
 use crate::stream;
 
+pub use memtable::Memtable;
 pub use recent::RecentIds;
+use table::Table;
 
 /// The event type of a metadata event (in a `$$stream`).
 pub const METADATA_EVENT_TYPE: &str = "$metadata";
@@ -46,11 +56,11 @@ impl Location {
     }
 }
 
-/// What the index knows of one stream.
+/// What the index keeps in memory of one stream: its head.
 #[derive(Clone, Debug, Default)]
 pub struct StreamEntry {
-    /// Location of each event, by revision.
-    pub locations: Vec<Location>,
+    /// The revision the next event gets (the stream's event count).
+    pub next_revision: u64,
     /// Whether the stream is tombstoned.
     pub tombstoned: bool,
     /// The stream's current metadata, if any was set.
@@ -60,7 +70,7 @@ pub struct StreamEntry {
 impl StreamEntry {
     /// The revision the next event gets.
     pub fn next_revision(&self) -> u64 {
-        self.locations.len() as u64
+        self.next_revision
     }
 
     /// Whether the stream is soft-deleted (and not appended to since).
@@ -73,11 +83,36 @@ impl StreamEntry {
 #[derive(Debug)]
 pub struct Index {
     /// Every stream that has events or metadata.
-    pub streams: HashMap<Box<str>, StreamEntry>,
+    pub streams: HashMap<Arc<str>, StreamEntry>,
     /// Recently written event ids.
     pub recent: RecentIds,
     /// Number of events indexed.
     pub events: u64,
+    /// Number of streams with at least one event (kept up to date, so statistics never
+    /// walk every stream).
+    pub streams_with_events: u64,
+    /// Event locations of segments without a table, by segment number.
+    pub memtables: BTreeMap<u32, Memtable>,
+    /// Tables of sealed segments, by segment number.
+    pub tables: BTreeMap<u32, Arc<Table>>,
+}
+
+/// What the index holds in memory and on disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexStats {
+    /// Streams whose head is in memory (every stream with events or metadata).
+    pub streams: u64,
+    /// Sealed segments with a table on disk.
+    pub tables: u64,
+    /// Memory the tables take (bloom filters and block fences).
+    pub table_memory_bytes: u64,
+    /// Disk the tables take.
+    pub table_file_bytes: u64,
+    /// Segments whose event locations are in memory (the one being written, and
+    /// sealed ones whose table is not built yet).
+    pub memtables: u64,
+    /// Events those memtables locate.
+    pub memtable_events: u64,
 }
 
 /// Consecutive events of one stream in one frame, as the index sees them. An append
@@ -88,7 +123,7 @@ pub struct IndexedRun<'a> {
     pub stream: &'a str,
     /// Revision of the first.
     pub first_revision: u64,
-    /// Location of each.
+    /// Location of each (all in one segment: a frame never spans two).
     pub locations: &'a [Location],
     /// Id of the first (where a retry of the append is looked up).
     pub first_id: Uuid,
@@ -109,7 +144,27 @@ impl Index {
             streams: HashMap::new(),
             recent: RecentIds::new(recent_ids_max),
             events: 0,
+            streams_with_events: 0,
+            memtables: BTreeMap::new(),
+            tables: BTreeMap::new(),
         }
+    }
+
+    /// The entry of `name`, created empty if there is none.
+    fn entry(&mut self, name: &str) -> (Arc<str>, &mut StreamEntry) {
+        let key = match self.streams.get_key_value(name) {
+            Some((key, _)) => key.clone(),
+            None => {
+                let key: Arc<str> = name.into();
+                self.streams.insert(key.clone(), StreamEntry::default());
+                key
+            }
+        };
+        let entry = self
+            .streams
+            .get_mut(name)
+            .unwrap_or_else(|| unreachable!("inserted above"));
+        (key, entry)
     }
 
     /// Records a run of events. Runs must be applied in log order.
@@ -117,37 +172,140 @@ impl Index {
         let Some(&first_location) = run.locations.first() else {
             return Ok(());
         };
-        let entry = match self.streams.get_mut(run.stream) {
-            Some(entry) => entry,
-            None => self.streams.entry(run.stream.into()).or_default(),
-        };
-        if run.first_revision != entry.next_revision() {
+        let segment = first_location.segment();
+        debug_assert!(
+            run.locations.iter().all(|l| l.segment() == segment),
+            "a run lies in one segment"
+        );
+        let has_table = self.tables.contains_key(&segment);
+        let (name, entry) = self.entry(run.stream);
+        if run.first_revision != entry.next_revision {
             return Err(Inconsistent(format!(
                 "event {} of stream {:?} has revision {}, expected {}",
-                run.first_id,
-                run.stream,
-                run.first_revision,
-                entry.next_revision()
+                run.first_id, run.stream, run.first_revision, entry.next_revision
             )));
         }
-        entry.locations.extend_from_slice(run.locations);
+        let was_empty = entry.next_revision == 0;
+        entry.next_revision += run.locations.len() as u64;
         if run.tombstone && !stream::is_system(run.stream) {
             entry.tombstoned = true;
         }
+        if was_empty {
+            self.streams_with_events += 1;
+        }
         self.events += run.locations.len() as u64;
+        if !has_table {
+            // A segment whose table exists (recovery rescanning it) needs no memtable.
+            self.memtables.entry(segment).or_default().add(
+                &name,
+                run.first_revision,
+                run.locations.iter().map(|l| l.offset()),
+            )?;
+        }
         self.recent.insert(run.first_id, first_location);
         if let (Some(data), Some(target)) = (run.metadata, stream::metastream_target(run.stream)) {
             // Metadata was validated when written; an unreadable one (impossible
             // without damage the checksums would catch) leaves the old metadata.
             if let Ok(metadata) = StreamMetadata::from_slice(data) {
-                let target = match self.streams.get_mut(target) {
-                    Some(entry) => entry,
-                    None => self.streams.entry(target.into()).or_default(),
-                };
-                target.metadata = Some(Arc::new(metadata));
+                self.entry(target).1.metadata = Some(Arc::new(metadata));
             }
         }
         Ok(())
+    }
+
+    /// Puts a segment's table in place of its memtable.
+    pub fn install_table(&mut self, table: Arc<Table>) {
+        self.memtables.remove(&table.segment);
+        self.tables.insert(table.segment, table);
+    }
+
+    /// Where revisions `low..high` of `name` lie, as far as memory knows, and the tables
+    /// to search for the rest.
+    pub fn lookup(&self, name: &str, low: u64, high: u64) -> Lookup {
+        let hash = bloom::stream_hash(name);
+        let mut known = vec![None; usize::try_from(high.saturating_sub(low)).unwrap_or(0)];
+        for (&segment, memtable) in &self.memtables {
+            let Some((first, offsets)) = memtable.run(name) else {
+                continue;
+            };
+            let from = first.max(low);
+            let to = (first + offsets.len() as u64).min(high);
+            for revision in from..to {
+                let offset = offsets[(revision - first) as usize];
+                known[(revision - low) as usize] = Some(Location::new(segment, offset));
+            }
+        }
+        let tables = if known.iter().all(Option::is_some) {
+            Vec::new()
+        } else {
+            self.tables
+                .values()
+                .rev()
+                .filter(|table| table.may_hold(hash))
+                .cloned()
+                .collect()
+        };
+        Lookup {
+            low,
+            hash,
+            known,
+            tables,
+        }
+    }
+
+    /// What the index holds where.
+    pub fn stats(&self) -> IndexStats {
+        IndexStats {
+            streams: self.streams.len() as u64,
+            tables: self.tables.len() as u64,
+            table_memory_bytes: self.tables.values().map(|t| t.memory_bytes() as u64).sum(),
+            table_file_bytes: self.tables.values().map(|t| t.file_bytes()).sum(),
+            memtables: self.memtables.len() as u64,
+            memtable_events: self.memtables.values().map(Memtable::events).sum(),
+        }
+    }
+}
+
+/// Where a range of a stream's revisions lies: found in memory, or to be searched for in
+/// tables (which takes file reads, so it happens after the index lock is released).
+#[derive(Debug)]
+pub struct Lookup {
+    low: u64,
+    hash: u64,
+    known: Vec<Option<Location>>,
+    /// Tables whose bloom filter may hold the stream, newest first.
+    tables: Vec<Arc<Table>>,
+}
+
+impl Lookup {
+    /// The candidate locations of each revision, `low` first: one per revision, unless
+    /// `exhaustive`, when every table is searched and a revision may get candidates of
+    /// other streams sharing the name's hash (the caller reads the records to tell).
+    /// A revision no table holds gets none.
+    pub fn resolve(&self, exhaustive: bool) -> Result<Vec<Vec<Location>>, StorageError> {
+        let mut candidates: Vec<Vec<Location>> = self
+            .known
+            .iter()
+            .map(|known| known.iter().copied().collect())
+            .collect();
+        for table in &self.tables {
+            let first = candidates.iter().position(|c| exhaustive || c.is_empty());
+            let last = candidates.iter().rposition(|c| exhaustive || c.is_empty());
+            let (Some(first), Some(last)) = (first, last) else {
+                break;
+            };
+            let low = self.low + first as u64;
+            let high = self.low + last as u64 + 1;
+            for entry in table.find(self.hash, low, high)? {
+                let at = (entry.revision - self.low) as usize;
+                // A revision memory knows is never looked for in tables: a colliding
+                // stream's entry must not shadow it.
+                if self.known[at].is_none() {
+                    candidates[at].push(Location::new(table.segment, entry.offset));
+                }
+            }
+        }
+        Ok(candidates)
     }
 }
 

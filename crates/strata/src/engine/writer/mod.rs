@@ -16,6 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{self, frame, record, segment};
+use super::index::indexer::Indexer;
 use super::index::{checkpoint, IndexedRun, Location, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use super::options::{Durability, PART_BYTES_MIN};
 use super::recovery::create_segment;
@@ -124,11 +125,18 @@ pub struct Writer {
     /// The durable-point marker for readers in other processes (`None`: it could not
     /// be opened; it is only a hint, so the store works without it).
     durable_marker: Option<Arc<dyn crate::engine::io::StorageFile>>,
+    /// Builds the table of every segment the writer seals.
+    indexer: Indexer,
 }
 
 impl Writer {
     /// A writer that continues the last segment of `shared`.
-    pub fn new(shared: Arc<Shared>, last_recorded_at: u64) -> Result<Writer, StorageError> {
+    /// `unindexed`: the sealed segments that have no table yet.
+    pub fn new(
+        shared: Arc<Shared>,
+        last_recorded_at: u64,
+        unindexed: Vec<u32>,
+    ) -> Result<Writer, StorageError> {
         let shared_for_marker = shared.storage.clone();
         let (tail, store_id) = {
             let segments = shared.segments();
@@ -149,6 +157,7 @@ impl Writer {
             (tail, segments.store_id)
         };
         let tail_file = tail.file.open()?;
+        let indexer = Indexer::start(shared.clone(), unindexed)?;
         Ok(Writer {
             shared,
             tail,
@@ -161,6 +170,7 @@ impl Writer {
             overlay: Overlay::default(),
             buffer: Vec::new(),
             durable_marker: open_durable_marker(&*shared_for_marker),
+            indexer,
         })
     }
 
@@ -185,6 +195,9 @@ impl Writer {
             }
             self.process(&mut batch);
         }
+        // The table being built is finished first, so the checkpoint does not carry a
+        // memtable the table already replaced.
+        self.indexer.stop();
         if self.shared.poison_error().is_none() {
             if let Err(error) = self.checkpoint() {
                 tracing::warn!(%error, "could not write the index checkpoint at close");
@@ -457,6 +470,8 @@ impl Writer {
     /// them), then the index, then the head.
     fn publish(&mut self, output: BatchOutput) {
         let shared = self.shared.clone();
+        // Every segment before a created one is sealed now: it gets its table.
+        let sealed: Vec<u32> = output.created.iter().map(|s| s.number - 1).collect();
         {
             let mut segments = shared.segments_mut();
             segments.list.extend(output.created);
@@ -495,6 +510,9 @@ impl Writer {
             ));
         }
         shared.publish_head();
+        for number in sealed {
+            self.indexer.sealed(number);
+        }
     }
 
     /// After a failed write or sync, cuts what the failed batch wrote off every segment

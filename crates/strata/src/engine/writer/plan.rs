@@ -9,7 +9,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::engine::format::{frame, record};
-use crate::engine::index::{Index, Location, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
+use crate::engine::index::{Index, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use crate::engine::reader;
 use crate::engine::state::Shared;
 use crate::error::{AppendError, InvalidInput, StorageError};
@@ -175,15 +175,18 @@ impl Planner<'_> {
                 return Ok(Some((id, position)));
             }
         }
-        let location = self
+        let recorded = self
             .index
             .streams
             .get(name)
-            .and_then(|entry| entry.locations.get(revision as usize).copied());
-        match location {
-            Some(location) => Ok(Some(read_id(self.shared, name, revision, location)?)),
-            None => Ok(None),
+            .is_some_and(|entry| revision < entry.next_revision);
+        if !recorded {
+            return Ok(None);
         }
+        let lookup = self.index.lookup(name, revision, revision + 1);
+        let events = reader::read_revisions(self.shared, name, revision, &lookup)?;
+        let event = events.first().ok_or(StorageError::Closed)?;
+        Ok(Some((event.id, event.position.0)))
     }
 
     /// Where an earlier write of `id` to `name` put it, if the window remembers it.
@@ -406,17 +409,4 @@ pub fn encoded_len(stream: &str, event: &EventData) -> u64 {
         + event.event_type.len()
         + event.data.len()
         + event.metadata.len()) as u64
-}
-
-/// The id and position of revision `revision` of stream `name`, at `location`.
-fn read_id(
-    shared: &Shared,
-    name: &str,
-    revision: u64,
-    location: Location,
-) -> Result<(Uuid, u64), StorageError> {
-    let wanted = [reader::StreamLocation { revision, location }];
-    let events = reader::read_stream_locations(shared, name, &wanted)?;
-    let event = events.first().ok_or(StorageError::Closed)?;
-    Ok((event.id, event.position.0))
 }

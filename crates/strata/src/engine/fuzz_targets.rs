@@ -498,9 +498,10 @@ fn fuzz_table() {
             let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
             let file = storage.create(&file_name(1)).unwrap();
             file.write_at(&bytes, 0).unwrap();
-            let handles = Arc::new(crate::engine::handles::SegmentHandles::for_tables(
+            let handles = Arc::new(crate::engine::handles::SegmentHandles::named(
                 storage.clone(),
                 2,
+                file_name,
             ));
             let Ok(table) = Table::load(&*storage, &handles, 1, Uuid::nil(), 4096) else {
                 return Ok(());

@@ -59,12 +59,13 @@ impl SegmentHandles {
         SegmentHandles::named(storage, max, segment::file_name)
     }
 
-    /// A cache of at most `max` (at least 1) open segment tables of `storage`.
-    pub fn for_tables(storage: Arc<dyn Storage>, max: usize) -> SegmentHandles {
-        SegmentHandles::named(storage, max, super::index::table::file_name)
-    }
-
-    fn named(storage: Arc<dyn Storage>, max: usize, name_of: fn(u32) -> String) -> SegmentHandles {
+    /// A cache of at most `max` (at least 1) open files of `storage` named by number
+    /// with `name_of` (segment tables, say).
+    pub fn named(
+        storage: Arc<dyn Storage>,
+        max: usize,
+        name_of: fn(u32) -> String,
+    ) -> SegmentHandles {
         SegmentHandles {
             storage,
             name_of,

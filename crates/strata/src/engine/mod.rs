@@ -8,6 +8,7 @@
 pub mod format;
 mod handles;
 pub mod index;
+mod indexer;
 pub mod io;
 mod options;
 mod reader;
@@ -100,9 +101,10 @@ impl Engine {
             storage.clone(),
             options.segment_handles_max,
         ));
-        let table_handles = Arc::new(handles::SegmentHandles::for_tables(
+        let table_handles = Arc::new(handles::SegmentHandles::named(
             storage.clone(),
             options.segment_handles_max,
+            index::table::file_name,
         ));
         let recovered = recovery::recover(&*storage, &handles, &table_handles, &options)?;
         let head = recovered

@@ -7,11 +7,10 @@
 //! recorded event into index state, used both by the writer after a durable batch and by
 //! recovery when it scans the log. A checkpoint ([`checkpoint`]) saves the heads and the
 //! memtables so that opening a large store does not rescan it; tables ([`table`]) are
-//! written once per sealed segment by the [`indexer`].
+//! written once per sealed segment by the engine's indexer thread.
 
 pub mod bloom;
 pub mod checkpoint;
-pub mod indexer;
 mod memtable;
 mod recent;
 pub mod table;

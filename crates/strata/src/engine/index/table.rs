@@ -415,7 +415,7 @@ mod tests {
     fn written(storage: &Arc<dyn Storage>, all: &[Entry]) -> Table {
         let file = storage.create(&file_name(3)).unwrap();
         file.write_at(&encode(3, Uuid::nil(), 999, all), 0).unwrap();
-        let handles = Arc::new(SegmentHandles::for_tables(storage.clone(), 4));
+        let handles = Arc::new(SegmentHandles::named(storage.clone(), 4, file_name));
         Table::load(&**storage, &handles, 3, Uuid::nil(), 999).unwrap()
     }
 
@@ -450,7 +450,7 @@ mod tests {
     #[test]
     fn a_foreign_stale_or_damaged_table_is_not_used() {
         let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-        let handles = Arc::new(SegmentHandles::for_tables(storage.clone(), 4));
+        let handles = Arc::new(SegmentHandles::named(storage.clone(), 4, file_name));
         let all = entries(300);
         let bytes = encode(3, Uuid::nil(), 999, &all);
         let file = storage.create(&file_name(3)).unwrap();

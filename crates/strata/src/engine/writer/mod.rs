@@ -16,8 +16,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{self, frame, record, segment};
-use super::index::indexer::Indexer;
 use super::index::{checkpoint, IndexedRun, Location, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
+use super::indexer::Indexer;
 use super::options::{Durability, PART_BYTES_MIN};
 use super::recovery::create_segment;
 use super::state::{SegmentInfo, Shared};

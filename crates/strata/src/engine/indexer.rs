@@ -8,9 +8,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::table;
-use crate::engine::handles::SegmentHandles;
-use crate::engine::state::Shared;
+use super::handles::SegmentHandles;
+use super::index::table;
+use super::state::Shared;
 use crate::error::StorageError;
 
 /// The indexer thread, stopped (after the table it is building) when dropped.

@@ -45,8 +45,9 @@ pub async fn run(data_dir: &Path, _args: VerifyArgs) -> Result<(), CliError> {
 
     let mut out = io::stdout().lock();
     let summary = format!(
-        "checked {} segment(s), {} frame(s), {} event(s), {} ({} bytes)\n",
+        "checked {} segment(s), {} table(s), {} frame(s), {} event(s), {} ({} bytes)\n",
         report.segments,
+        report.tables,
         report.frames,
         report.events,
         HumanBytes(report.bytes),

@@ -12,6 +12,7 @@ pub mod io;
 mod options;
 mod reader;
 mod recovery;
+mod scrub;
 mod state;
 mod verify;
 mod writer;
@@ -44,6 +45,7 @@ use writer::{Command, Part, PartKind, Writer};
 
 pub use options::{Durability, Options};
 pub use recovery::{IndexSource, OpenReport, TruncatedTail};
+pub use scrub::{ScrubDamage, ScrubStatus};
 pub use verify::{verify, VerifyReport};
 
 /// Reads of at most this many events run on the caller's thread; larger ones on the
@@ -61,6 +63,8 @@ pub struct Engine {
     /// `Options::write_queue_bytes_max`: one permit per byte, held until the answer.
     queue_bytes: Arc<tokio::sync::Semaphore>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The background scrubber (`None`: turned off by the options).
+    scrubber: Option<scrub::Scrubber>,
     report: OpenReport,
     _lock: Box<dyn Send + Sync + std::fmt::Debug>,
 }
@@ -147,15 +151,26 @@ impl Engine {
             .map_err(|e| {
                 StorageError::io("start writer thread for", shared.storage.describe(), e)
             })?;
-        Ok(Engine {
+        let mut engine = Engine {
             shared,
             scans,
             queue: Some(queue),
             queue_bytes,
             writer: Mutex::new(Some(handle)),
+            scrubber: None,
             report,
             _lock: lock,
-        })
+        };
+        // Started last, on a whole engine: if the thread cannot start, dropping the
+        // engine stops its writer properly.
+        engine.scrubber = scrub::Scrubber::start(&engine.shared)?;
+        Ok(engine)
+    }
+
+    /// What the background scrubber has verified and found since the store opened
+    /// (`None`: it is off, [`Options::scrub_bytes_per_second`] is 0).
+    pub fn scrub_status(&self) -> Option<ScrubStatus> {
+        self.scrubber.as_ref().map(scrub::Scrubber::status)
     }
 
     /// What opening the store found and did (a cut-off torn tail, an index rebuild, …).
@@ -265,6 +280,10 @@ impl Engine {
     }
 
     fn stop(&mut self) -> Result<(), StorageError> {
+        // The scrubber first: it stops within one chunk, never waits out its interval.
+        if let Some(scrubber) = self.scrubber.as_mut() {
+            scrubber.stop();
+        }
         self.queue.take();
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         match handle.map(JoinHandle::join) {
@@ -656,6 +675,7 @@ impl EventStore for Engine {
             disk_bytes: disk_bytes + checkpoint_bytes,
             segments,
             backend: "embedded".into(),
+            scrub: self.scrub_status(),
         })
     }
 }

@@ -380,6 +380,9 @@ fn streams_and_stats() {
     let text = ok(&data, &["stats"]);
     assert!(text.contains("events:    4"), "{text}");
     assert!(text.contains("bytes)"), "{text}");
+    // Only `strata serve` scrubs: a store opened for one command says so.
+    assert!(text.contains("\nscrub:     not running"), "{text}");
+    assert_eq!(stats[0]["scrub"], Value::Null);
 }
 
 #[test]
@@ -976,7 +979,13 @@ fn commands_work_against_a_server_with_the_same_output() {
     let stats: Value = serde_json::from_str(&remote_ok(&["stats", "--json"])).unwrap();
     assert_eq!(stats["events"], 4);
     assert_eq!(stats["head"], 3);
-    assert!(remote_ok(&["stats"]).contains(&url));
+    let text = remote_ok(&["stats"]);
+    assert!(text.contains(&url), "{text}");
+    // The server scrubs (by default): its counts, and no damage in a good store.
+    assert!(stats["scrub"]["passes"].is_u64(), "{stats}");
+    assert_eq!(stats["scrub"]["damage_found"], 0, "{stats}");
+    assert!(text.contains("\nscrub:     "), "{text}");
+    assert!(text.contains("no damage found"), "{text}");
 
     // The same commands on the directory, once the server is gone, print the same.
     let compared: [&[&str]; 5] = [

@@ -552,6 +552,8 @@ impl EventStore for PostgresStore {
             disk_bytes: row.get::<_, i64>(2) as u64,
             segments: 0,
             backend: "postgres".into(),
+            // PostgreSQL checks its own pages; there is no strata scrubber here.
+            scrub: None,
         })
     }
 }

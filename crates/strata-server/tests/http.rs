@@ -1177,6 +1177,96 @@ async fn metrics_count_appends_and_openapi_lists_the_paths() {
     server.shutdown().await;
 }
 
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrubber_shows_in_stats_metrics_and_the_openapi_document() {
+    // Small segments, several of them sealed, scrubbed fast and often.
+    let options = strata::Options {
+        scrub_bytes_per_second: 1 << 30,
+        scrub_interval: Duration::from_millis(20),
+        ..strata::Options::small_for_tests()
+    };
+    let mut server = start_with(|_| {}, options).await;
+    for i in 0..40 {
+        let events: Vec<Value> = (0..8)
+            .map(|j| event("E", json!({ "j": j, "pad": "p".repeat(600) })))
+            .collect();
+        server.append(&format!("s-{i}"), json!(events)).await;
+    }
+    let (_, stats) = server.get("/stats").await;
+    assert!(stats["segments"].as_u64().unwrap() >= 3, "{stats}");
+
+    // Polled: passes run in the background.
+    let started = std::time::Instant::now();
+    let metrics = loop {
+        let (status, metrics) = server.raw(Method::GET, "/metrics", "", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+        let bytes = metric(&metrics, "strata_scrub_bytes_total");
+        let passes = metric(&metrics, "strata_scrub_passes_total");
+        if bytes.is_some_and(|b| b > 0) && passes.is_some_and(|p| p > 0) {
+            break metrics;
+        }
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "no scrub counts in:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(metric(&metrics, "strata_scrub_damage_total"), Some(0));
+
+    let (status, stats) = server.get("/stats").await;
+    assert_eq!(status, StatusCode::OK);
+    let scrub = &stats["scrub"];
+    assert!(scrub["bytes_verified"].as_u64().unwrap() > 0, "{stats}");
+    assert!(scrub["passes"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(scrub["damage_found"], 0);
+    assert_eq!(scrub["damage"], json!([]));
+
+    // The OpenAPI document describes every field /stats answers.
+    let (_, document) = server.get("/openapi.json").await;
+    let schemas = &document["components"]["schemas"];
+    let keys = |value: &Value| -> Vec<String> {
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort_unstable();
+        keys
+    };
+    assert_eq!(keys(&stats), keys(&schemas["Stats"]["properties"]));
+    assert_eq!(keys(scrub), keys(&schemas["ScrubStatus"]["properties"]));
+    assert_eq!(
+        schemas["Stats"]["properties"]["scrub"]["allOf"][0]["$ref"],
+        "#/components/schemas/ScrubStatus"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_scrubber_that_is_off_is_null_in_stats_and_zero_in_metrics() {
+    let options = strata::Options {
+        scrub_bytes_per_second: 0,
+        ..strata::Options::default()
+    };
+    let mut server = start_with(|_| {}, options).await;
+    let (_, stats) = server.get("/stats").await;
+    assert_eq!(stats["scrub"], Value::Null, "{stats}");
+    let (_, metrics) = server.raw(Method::GET, "/metrics", "", &[]).await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    for name in [
+        "strata_scrub_bytes_total",
+        "strata_scrub_passes_total",
+        "strata_scrub_damage_total",
+    ] {
+        assert_eq!(metric(&metrics, name), Some(0), "{name} in:\n{metrics}");
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_filtered_read_of_all_stops_at_its_scan_budget_and_says_where_to_go_on() {
     let server = start_with(

@@ -44,7 +44,7 @@ pub mod conformance;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 
-pub use engine::{Durability, Engine, OpenReport, Options};
+pub use engine::{Durability, Engine, OpenReport, Options, ScrubDamage, ScrubStatus};
 pub use error::{AppendError, InvalidInput, OpenError, ReadError, StorageError};
 pub use event::{ContentType, EventData, Position, RecordedEvent, Timestamp};
 pub use filter::{Filter, FilterError, Pattern};

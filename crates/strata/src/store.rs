@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::engine::{Engine, Options};
+use crate::engine::{Engine, Options, ScrubStatus};
 use crate::error::{AppendError, OpenError, ReadError};
 use crate::event::{EventData, Position, RecordedEvent};
 use crate::filter::Filter;
@@ -285,6 +285,10 @@ pub struct StoreStats {
     pub segments: u64,
     /// Which backend answered (`embedded`, `postgres`).
     pub backend: String,
+    /// What the embedded engine's background scrubber verified and found (`None`: the
+    /// scrubber is off, or the backend has none, as PostgreSQL).
+    #[serde(default)]
+    pub scrub: Option<ScrubStatus>,
 }
 
 /// What every backend implements: the event log's operations.

@@ -42,6 +42,11 @@ const SLOW_READS: Fault = Fault::SlowReads {
 
 /// A store on storage that can be made slow holding dozens of segments of events of `other-*` streams.
 async fn slow_store(options: Options) -> (FaultyStorage, Store) {
+    // Tests count the storage's reads: no background scrubber may add its own.
+    let options = Options {
+        scrub_bytes_per_second: 0,
+        ..options
+    };
     let storage = FaultyStorage::new(Arc::new(MemoryStorage::new()));
     let store =
         Store::from_engine(Engine::open_storage(Arc::new(storage.clone()), options).unwrap());

@@ -49,8 +49,16 @@ impl Target {
 
 /// Opens the store of `target`: PostgreSQL if a URL was given, else the embedded store
 /// in its directory (created if `create`).
+///
+/// Without the background scrubber: these commands hold the store for moments (or, as
+/// `tail`, only to read), and would only start a pass to stop it; `strata verify`
+/// checks every segment at once, and `strata serve` scrubs.
 pub async fn open_store(target: &Target, create: bool) -> Result<Store, CliError> {
-    open_store_with(target, create, strata::Options::default()).await
+    let options = strata::Options {
+        scrub_bytes_per_second: 0,
+        ..strata::Options::default()
+    };
+    open_store_with(target, create, options).await
 }
 
 /// As [`open_store`], with `options` for the embedded store (PostgreSQL takes its

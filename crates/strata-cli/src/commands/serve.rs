@@ -113,6 +113,14 @@ pub struct LimitArgs {
     /// tables (least recently used closed first; reopened when a read needs one).
     #[arg(long, value_name = "N", default_value_t = strata::Options::SEGMENT_HANDLES_MAX)]
     pub segment_handles_max: usize,
+    /// Most bytes per second the embedded store's background scrubber reads to
+    /// re-verify sealed segments (damage goes to the log, `/stats` and `/metrics`);
+    /// 0 turns it off.
+    #[arg(long, value_name = "BYTES_PER_S", default_value_t = strata::Options::SCRUB_BYTES_PER_SECOND)]
+    pub scrub_rate: u64,
+    /// Pause between the end of one scrub pass over the sealed segments and the next.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub scrub_interval: Duration,
 }
 
 impl LimitArgs {
@@ -137,14 +145,16 @@ impl LimitArgs {
         options.scan_budget = self.scan_budget;
     }
 
-    /// Sets the store's own limits (scan slots, open files) on the embedded store's
-    /// options.
+    /// Sets the store's own limits (scan slots, open files, scrub rate) on the embedded
+    /// store's options.
     fn apply_to_engine(&self, options: &mut strata::Options) {
         if let Some(scans) = self.max_scans {
             options.scans_max = usize::try_from(scans).unwrap_or(usize::MAX);
         }
         options.scan_wait_max = self.scan_wait;
         options.segment_handles_max = self.segment_handles_max;
+        options.scrub_bytes_per_second = self.scrub_rate;
+        options.scrub_interval = self.scrub_interval;
     }
 
     /// Sets the store's own limits (scan slots) on PostgreSQL's options.
@@ -335,6 +345,17 @@ mod tests {
         let expected = format!("{engine:?}");
         parsed.args.limits.apply_to_engine(&mut engine);
         assert_eq!(format!("{engine:?}"), expected);
+        // Every field a flag always sets gets the library's default from it, not just
+        // keeps it.
+        let mut engine = strata::Options {
+            scan_wait_max: std::time::Duration::from_millis(1),
+            segment_handles_max: 1,
+            scrub_bytes_per_second: 1,
+            scrub_interval: std::time::Duration::from_secs(1),
+            ..strata::Options::default()
+        };
+        parsed.args.limits.apply_to_engine(&mut engine);
+        assert_eq!(format!("{engine:?}"), expected);
 
         let mut postgres = strata_postgres::PostgresOptions::default();
         let expected = format!("{postgres:?}");
@@ -354,6 +375,10 @@ mod tests {
             "250ms",
             "--segment-handles-max",
             "9",
+            "--scrub-rate",
+            "0",
+            "--scrub-interval",
+            "90m",
         ]);
         let mut options = ServerOptions::default();
         parsed.args.limits.apply(&mut options);
@@ -363,6 +388,11 @@ mod tests {
         assert_eq!(engine.scans_max, 3);
         assert_eq!(engine.scan_wait_max, std::time::Duration::from_millis(250));
         assert_eq!(engine.segment_handles_max, 9);
+        assert_eq!(engine.scrub_bytes_per_second, 0);
+        assert_eq!(
+            engine.scrub_interval,
+            std::time::Duration::from_secs(90 * 60)
+        );
         let mut postgres = strata_postgres::PostgresOptions::default();
         parsed.args.limits.apply_to_postgres(&mut postgres);
         assert_eq!(postgres.scans_max, 3);

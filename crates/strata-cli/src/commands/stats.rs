@@ -28,6 +28,37 @@ struct StatsOutput<'a> {
     disk_size: String,
     segments: u64,
     backend: &'a str,
+    /// The scrubber of the server asked (`null`: off, or the store was opened here).
+    scrub: Option<&'a strata::ScrubStatus>,
+}
+
+/// The `scrub:` line: what the background scrubber did, or why there is none.
+fn scrub_line(scrub: Option<&strata::ScrubStatus>, served: bool) -> String {
+    let Some(scrub) = scrub else {
+        return if served {
+            "off".to_owned()
+        } else {
+            // Only `strata serve` scrubs; a store opened for this command is not.
+            "not running (`strata serve` scrubs; `strata verify` checks every segment now)"
+                .to_owned()
+        };
+    };
+    let mut line = format!(
+        "{} pass(es), {} verified, {}",
+        scrub.passes,
+        HumanBytes(scrub.bytes_verified),
+        match scrub.damage_found {
+            0 => "no damage found".to_owned(),
+            found => format!("DAMAGE FOUND in {found} place(s)"),
+        }
+    );
+    if let Some(segment) = scrub.current_segment {
+        line.push_str(&format!(", checking segment {segment}"));
+    }
+    if let Some(at) = scrub.last_pass_finished_at {
+        line.push_str(&format!(", last pass finished {at}"));
+    }
+    line
 }
 
 /// Runs `strata stats`.
@@ -56,6 +87,7 @@ pub async fn run(target: &Target, args: StatsArgs) -> Result<(), CliError> {
             disk_size: HumanBytes(stats.disk_bytes).to_string(),
             segments: stats.segments,
             backend: &stats.backend,
+            scrub: stats.scrub.as_ref(),
         };
         write_json_line(&mut out, &value)?;
     } else {
@@ -64,7 +96,7 @@ pub async fn run(target: &Target, args: StatsArgs) -> Result<(), CliError> {
             .map_or_else(|| "none (empty log)".to_owned(), |p| p.to_string());
         let text = format!(
             "store:     {}\nbackend:   {}\nevents:    {}\nstreams:   {} (metadata streams included)\n\
-             head:      {}\ndisk size: {} ({} bytes)\nsegments:  {}\n",
+             head:      {}\ndisk size: {} ({} bytes)\nsegments:  {}\nscrub:     {}\n",
             location,
             stats.backend,
             stats.events,
@@ -73,7 +105,16 @@ pub async fn run(target: &Target, args: StatsArgs) -> Result<(), CliError> {
             HumanBytes(stats.disk_bytes),
             stats.disk_bytes,
             stats.segments,
+            scrub_line(stats.scrub.as_ref(), client.is_some()),
         );
+        let damage = stats.scrub.iter().flat_map(|scrub| &scrub.damage);
+        let text = damage.fold(text, |mut text, damage| {
+            text.push_str(&format!(
+                "  damage:  segment {} offset {}: {}\n",
+                damage.segment, damage.offset, damage.detail
+            ));
+            text
+        });
         out.write_all(text.as_bytes()).map_err(output_error)?;
     }
     out.flush().map_err(output_error)

@@ -75,7 +75,8 @@ async fn health(State(http): State<HttpState>) -> Response {
     Json(json!({ "status": "ok", "head": head })).into_response()
 }
 
-/// `GET /metrics`: Prometheus text format. Disk use is sampled here, at scrape time.
+/// `GET /metrics`: Prometheus text format. Disk use and the scrubber's counts are sampled
+/// here, at scrape time.
 async fn metrics(State(http): State<HttpState>) -> Response {
     let metrics = &http.state.metrics;
     let connections = &http.state.connections;
@@ -95,6 +96,9 @@ async fn metrics(State(http): State<HttpState>) -> Response {
                     .head
                     .map_or(-1, |p| i64::try_from(p.0).unwrap_or(i64::MAX)),
             );
+            if let Some(scrub) = &stats.scrub {
+                metrics.sample_scrub(scrub);
+            }
         }
         // A scrape still reports everything else; the gauges keep their last value.
         Err(error) => tracing::warn!(%error, "cannot sample disk use for /metrics"),
@@ -119,6 +123,7 @@ async fn stats(State(http): State<HttpState>) -> Result<Response, ApiError> {
         "disk_bytes": stats.disk_bytes,
         "segments": stats.segments,
         "backend": stats.backend,
+        "scrub": stats.scrub,
     }))
     .into_response())
 }

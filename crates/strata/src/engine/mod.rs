@@ -13,6 +13,7 @@ pub mod io;
 mod options;
 mod reader;
 mod recovery;
+mod scrub;
 mod state;
 mod stream_reads;
 mod verify;
@@ -47,6 +48,7 @@ use writer::{Command, Part, PartKind, Writer};
 pub use index::IndexStats;
 pub use options::{Durability, Options};
 pub use recovery::{IndexSource, OpenReport, TruncatedTail};
+pub use scrub::{ScrubDamage, ScrubStatus};
 pub use verify::{verify, VerifyReport};
 
 /// Reads are served in pages of at most this many events, each on the blocking pool
@@ -64,6 +66,8 @@ pub struct Engine {
     /// `Options::write_queue_bytes_max`: one permit per byte, held until the answer.
     queue_bytes: Arc<tokio::sync::Semaphore>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The background scrubber (`None`: turned off by the options).
+    scrubber: Option<scrub::Scrubber>,
     report: OpenReport,
     _lock: Box<dyn Send + Sync + std::fmt::Debug>,
 }
@@ -157,15 +161,26 @@ impl Engine {
             .map_err(|e| {
                 StorageError::io("start writer thread for", shared.storage.describe(), e)
             })?;
-        Ok(Engine {
+        let mut engine = Engine {
             shared,
             scans,
             queue: Some(queue),
             queue_bytes,
             writer: Mutex::new(Some(handle)),
+            scrubber: None,
             report,
             _lock: lock,
-        })
+        };
+        // Started last, on a whole engine: if the thread cannot start, dropping the
+        // engine stops its writer properly.
+        engine.scrubber = scrub::Scrubber::start(&engine.shared)?;
+        Ok(engine)
+    }
+
+    /// What the background scrubber has verified and found since the store opened
+    /// (`None`: it is off, [`Options::scrub_bytes_per_second`] is 0).
+    pub fn scrub_status(&self) -> Option<ScrubStatus> {
+        self.scrubber.as_ref().map(scrub::Scrubber::status)
     }
 
     /// What opening the store found and did (a cut-off torn tail, an index rebuild, …).
@@ -298,6 +313,10 @@ impl Engine {
         self.shared
             .closing
             .store(true, std::sync::atomic::Ordering::Release);
+        // The scrubber first: it stops within one chunk, never waits out its interval.
+        if let Some(scrubber) = self.scrubber.as_mut() {
+            scrubber.stop();
+        }
         self.queue.take();
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         match handle.map(JoinHandle::join) {
@@ -567,6 +586,7 @@ impl EventStore for Engine {
             disk_bytes: disk_bytes + checkpoint_bytes + table_bytes,
             segments,
             backend: "embedded".into(),
+            scrub: self.scrub_status(),
         })
     }
 }

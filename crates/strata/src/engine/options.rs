@@ -54,6 +54,14 @@ pub struct Options {
     /// tables. Bounds the file descriptors a store uses however large it grows (twice
     /// this, plus a few); the segment being written counts too.
     pub segment_handles_max: usize,
+    /// Most bytes per second the background scrubber reads while it re-verifies the
+    /// sealed segments (every frame's checksum, record structure and positions), so
+    /// that damage in old segments is found before a read hits it. `0` turns the
+    /// scrubber off. See [`Engine::scrub_status`](super::Engine::scrub_status).
+    pub scrub_bytes_per_second: u64,
+    /// How long the scrubber waits after a full pass over the sealed segments before it
+    /// starts the next one. Must be positive while the scrubber is on.
+    pub scrub_interval: Duration,
 }
 
 /// What a part costs in the queue and in a batch besides its events: a delete or a
@@ -79,6 +87,11 @@ impl Options {
     pub const SEGMENT_HANDLES_MAX: usize = 256;
     /// Default wait for a scan slot: 5 s.
     pub const SCAN_WAIT_MAX: Duration = Duration::from_secs(5);
+    /// Default scrub rate: 8 MiB/s (a 256 MiB segment in about half a minute; a small
+    /// share of any disk's bandwidth).
+    pub const SCRUB_BYTES_PER_SECOND: u64 = 8 << 20;
+    /// Default wait between scrub passes: 24 hours.
+    pub const SCRUB_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
 
     /// Default most scans at once: twice the cores, at least 4.
     pub fn default_scans_max() -> usize {
@@ -136,6 +149,14 @@ impl Options {
                     .into(),
             );
         }
+        if self.scrub_bytes_per_second > 0 && self.scrub_interval.is_zero() {
+            // A zero wait would re-read the whole log back to back, for ever.
+            return invalid(
+                "scrub_interval must be positive while the scrubber is on \
+                 (scrub_bytes_per_second > 0)"
+                    .into(),
+            );
+        }
         let largest_append = queued_bytes_max(&self.limits);
         if self.write_queue_bytes_max < largest_append
             || self.write_queue_bytes_max > QUEUE_BYTES_LIMIT
@@ -182,6 +203,8 @@ impl Default for Options {
             scans_max: Options::default_scans_max(),
             scan_wait_max: Options::SCAN_WAIT_MAX,
             segment_handles_max: Options::SEGMENT_HANDLES_MAX,
+            scrub_bytes_per_second: Options::SCRUB_BYTES_PER_SECOND,
+            scrub_interval: Options::SCRUB_INTERVAL,
         }
     }
 }
@@ -205,5 +228,16 @@ mod tests {
             long_names.validate().is_err(),
             "names longer than the format allows"
         );
+        let scrub_without_pause = Options {
+            scrub_interval: Duration::ZERO,
+            ..Options::default()
+        };
+        assert!(scrub_without_pause.validate().is_err());
+        let scrub_off = Options {
+            scrub_bytes_per_second: 0,
+            scrub_interval: Duration::ZERO,
+            ..Options::default()
+        };
+        assert!(scrub_off.validate().is_ok(), "the interval of no scrubber");
     }
 }

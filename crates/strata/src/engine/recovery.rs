@@ -529,38 +529,172 @@ fn from_checkpoint(checkpoint: Checkpoint, opened: &mut [Opened]) -> (Segments, 
     (segments, checkpoint.index, resume)
 }
 
-/// Checks every frame of a sealed segment: checksums, positions without gaps from the
-/// segment's first position, and an end exactly where the segment ends.
+/// Checks every frame of a sealed segment: checksums, record structure, positions without
+/// gaps from the segment's first position, and an end exactly where the segment ends.
 fn verify_sealed(sealed: &SegmentInfo) -> Result<(), StorageError> {
-    let mut next_position = sealed.first_position;
-    let mut end = u64::from(segment::HEADER_LEN as u32);
-    // The visitor never stops early: every frame is checked.
-    let _: std::ops::ControlFlow<()> = super::reader::for_each_frame(
-        &*sealed.file.open()?,
-        &sealed.name,
-        end,
-        u64::from(sealed.end_offset),
-        |frame| {
-            if frame.header.first_position != next_position {
-                return Err(StorageError::corrupt(
-                    &sealed.name,
-                    frame.file_offset,
-                    "frame position out of sequence (in a sealed segment)",
-                ));
-            }
-            next_position = frame.header.end_position();
-            end = frame.file_offset + u64::from(frame.header.length);
-            Ok(std::ops::ControlFlow::Continue(()))
-        },
-    )?;
-    if next_position != sealed.end_position || end != u64::from(sealed.end_offset) {
-        return Err(StorageError::corrupt(
-            &sealed.name,
-            end,
-            "sealed segment ends short of what the checkpoint says it holds",
-        ));
+    let file = sealed.file.open()?;
+    let extent = SealedExtent::of(sealed);
+    let mut next = Some(extent.start());
+    while let Some(at) = next {
+        next = check_sealed_frames(&*file, &extent, at, SCAN_CHUNK_BYTES)?;
     }
     Ok(())
+}
+
+/// What the index knows of a sealed segment: the frames between the header and
+/// `end_offset` hold positions `first_position..end_position`, and nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct SealedExtent {
+    /// The segment's number.
+    pub number: u32,
+    /// Its file name (for errors).
+    pub name: String,
+    /// Position of its first event.
+    pub first_position: u64,
+    /// Where its frames end.
+    pub end_offset: u64,
+    /// Position after its last event.
+    pub end_position: u64,
+}
+
+impl SealedExtent {
+    /// The extent of `sealed` as the index knows it now.
+    pub fn of(sealed: &SegmentInfo) -> SealedExtent {
+        SealedExtent {
+            number: sealed.number,
+            name: sealed.name.clone(),
+            first_position: sealed.first_position,
+            end_offset: u64::from(sealed.end_offset),
+            end_position: sealed.end_position,
+        }
+    }
+
+    /// Where a check of its frames starts: the first frame, right after the header.
+    pub fn start(&self) -> FrameCursor {
+        FrameCursor {
+            offset: segment::HEADER_LEN as u64,
+            position: self.first_position,
+        }
+    }
+}
+
+/// How far a check of a sealed segment's frames got: the next frame must start at
+/// `offset` and hold `position` first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FrameCursor {
+    /// Offset of the next frame in the file.
+    pub offset: u64,
+    /// Position the next frame must start at.
+    pub position: u64,
+}
+
+/// Checks the frames of the sealed segment `extent` from `at` on, in one read of about
+/// `chunk_bytes` (more if a single frame is larger): each frame's checksum, its records'
+/// structure and positions, and positions in sequence from frame to frame. Returns
+/// where the next call goes on, or `None` once the segment is done, after checking that
+/// its frames end exactly at its end and hold exactly its positions.
+///
+/// Open (`verify_sealed`) and the background scrubber (`scrub`) both check through
+/// this, so they agree on what damage is; the scrubber calls it one chunk at a time to
+/// pace its reads and let go of the file in between.
+pub(super) fn check_sealed_frames(
+    file: &dyn StorageFile,
+    extent: &SealedExtent,
+    at: FrameCursor,
+    chunk_bytes: usize,
+) -> Result<Option<FrameCursor>, StorageError> {
+    let name = extent.name.as_str();
+    let end = extent.end_offset;
+    if at.offset >= end {
+        if at.offset == end && at.position == extent.end_position {
+            return Ok(None);
+        }
+        return Err(StorageError::corrupt(
+            name,
+            at.offset,
+            "sealed segment ends short of what the index says it holds",
+        ));
+    }
+    let want = (chunk_bytes.max(frame::HEADER_LEN) as u64).min(end - at.offset) as usize;
+    let mut buffer = vec![0u8; want];
+    read_exact_at(file, &mut buffer, at.offset).map_err(io_error("read", name))?;
+    let mut done = 0usize;
+    let mut position = at.position;
+    while done < buffer.len() {
+        let here = at.offset + done as u64;
+        let header = match frame::parse_header(&buffer[done..]) {
+            Ok(header) => header,
+            // The next frame's header straddles the end of this read: the next call.
+            Err(frame::FrameError::Truncated) if done > 0 => break,
+            Err(error) => return Err(sealed_frame_error(name, here, error)),
+        };
+        let length = header.length as usize;
+        if here + length as u64 > end {
+            return Err(StorageError::corrupt(
+                name,
+                here,
+                "frame extends past the end of the sealed segment",
+            ));
+        }
+        if length > buffer.len() - done {
+            if done > 0 {
+                break;
+            }
+            // One frame larger than a chunk: read it whole.
+            buffer.resize(length, 0);
+            read_exact_at(file, &mut buffer[want..], at.offset + want as u64)
+                .map_err(io_error("read", name))?;
+        }
+        check_sealed_frame(name, &buffer[done..done + length], here, position)?;
+        position = header.end_position();
+        done += length;
+    }
+    Ok(Some(FrameCursor {
+        offset: at.offset + done as u64,
+        position,
+    }))
+}
+
+/// Checks one whole frame of a sealed segment found at `offset`, which must start at
+/// `position`.
+fn check_sealed_frame(
+    name: &str,
+    bytes: &[u8],
+    offset: u64,
+    position: u64,
+) -> Result<(), StorageError> {
+    let header = frame::check(bytes).map_err(|error| sealed_frame_error(name, offset, error))?;
+    if header.first_position != position {
+        return Err(StorageError::corrupt(
+            name,
+            offset,
+            "frame position out of sequence (in a sealed segment)",
+        ));
+    }
+    let offsets = frame::record_offsets(bytes, &header)
+        .map_err(|error| sealed_frame_error(name, offset, error))?;
+    for (i, &at) in offsets.iter().enumerate() {
+        let record_offset = offset + at as u64;
+        // Without the record's own checksum: the frame's covers its bytes already.
+        let view = record::decode(bytes, at, false)
+            .map_err(|reason| StorageError::corrupt(name, record_offset, reason))?;
+        if view.position != header.first_position + i as u64 {
+            return Err(StorageError::corrupt(
+                name,
+                record_offset,
+                "record position out of sequence (in a sealed segment)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn sealed_frame_error(name: &str, offset: u64, error: frame::FrameError) -> StorageError {
+    let reason = match error {
+        frame::FrameError::Truncated => "frame truncated",
+        frame::FrameError::Invalid(reason) => reason,
+    };
+    StorageError::corrupt(name, offset, format!("{reason} (in a sealed segment)"))
 }
 
 /// A run of one stream's events being collected from a frame.
@@ -830,4 +964,131 @@ pub(super) fn later_batch_frame(tail: &[u8], bad: u64, expected_position: u64) -
         }
     }
     None
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test panics on a failed expectation
+mod tests {
+    use super::*;
+    use crate::engine::io::MemoryStorage;
+    use crate::event::{ContentType, Timestamp};
+
+    /// A frame of `count` events from position `first`, each with `pad` bytes of data.
+    fn frame_bytes(first: u64, count: u64, pad: usize) -> Vec<u8> {
+        let data = vec![b'x'; pad];
+        let mut out = Vec::new();
+        let start = frame::begin(&mut out, first, 0);
+        for i in 0..count {
+            record::RecordFields {
+                position: first + i,
+                revision: first + i,
+                recorded_at: Timestamp::from_micros(1),
+                id: uuid::Uuid::new_v4(),
+                content_type: ContentType::Json,
+                valid_at: None,
+                stream: "s",
+                event_type: "t",
+                data: &data,
+                metadata: b"",
+            }
+            .encode(&mut out);
+        }
+        frame::finish(&mut out, start, count as u32);
+        out
+    }
+
+    /// A sealed segment of the given frames (first position 0).
+    fn sealed(frames: &[Vec<u8>]) -> (Arc<dyn StorageFile>, SealedExtent) {
+        let storage = MemoryStorage::new();
+        let file = storage.create("0000000001.seg").unwrap();
+        let mut offset = segment::HEADER_LEN as u64;
+        let mut end_position = 0;
+        for bytes in frames {
+            file.write_at(bytes, offset).unwrap();
+            offset += bytes.len() as u64;
+            end_position = frame::parse_header(bytes).unwrap().end_position();
+        }
+        let extent = SealedExtent {
+            number: 1,
+            name: "0000000001.seg".into(),
+            first_position: 0,
+            end_offset: offset,
+            end_position,
+        };
+        (file, extent)
+    }
+
+    /// Checks the whole segment `chunk` bytes at a time; returns the number of calls.
+    fn check_all(
+        file: &dyn StorageFile,
+        extent: &SealedExtent,
+        chunk: usize,
+    ) -> Result<usize, StorageError> {
+        let mut calls = 0;
+        let mut next = Some(extent.start());
+        while let Some(at) = next {
+            next = check_sealed_frames(file, extent, at, chunk)?;
+            calls += 1;
+        }
+        Ok(calls)
+    }
+
+    fn reason(error: StorageError) -> (u64, String) {
+        match error {
+            StorageError::Corrupt { offset, reason, .. } => (offset, reason),
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_clean_segment_checks_in_any_chunk_size_and_larger_frames_are_read_whole() {
+        let frames: Vec<Vec<u8>> = (0..20)
+            .map(|i| frame_bytes(i * 3, 3, if i % 5 == 0 { 6000 } else { 100 }))
+            .collect();
+        let (file, extent) = sealed(&frames);
+        let whole = check_all(&*file, &extent, 1 << 20).unwrap();
+        assert_eq!(whole, 2, "one read, then the end check");
+        let chunked = check_all(&*file, &extent, 4096).unwrap();
+        assert!(chunked > 5, "{chunked} calls");
+        assert!(check_all(&*file, &extent, 1).is_ok(), "one frame a call");
+    }
+
+    #[test]
+    fn records_out_of_sequence_are_damage_even_under_a_valid_checksum() {
+        // The second frame claims positions 3.. but its records say 4..: a checksum made
+        // over wrong bytes (a writer bug, a forged file) is still caught.
+        let mut second = frame_bytes(4, 3, 100);
+        second[16..24].copy_from_slice(&3u64.to_le_bytes());
+        let crc = crc32c::crc32c(&second[12..]);
+        second[8..12].copy_from_slice(&crc.to_le_bytes());
+        let first = frame_bytes(0, 3, 100);
+        let at = (segment::HEADER_LEN + first.len()) as u64;
+        let (file, extent) = sealed(&[first, second]);
+        let (offset, why) = reason(check_all(&*file, &extent, 1 << 20).unwrap_err());
+        assert_eq!(offset, at + frame::HEADER_LEN as u64, "the first record");
+        assert!(why.contains("record position out of sequence"), "{why}");
+    }
+
+    #[test]
+    fn gaps_flipped_bytes_and_short_segments_are_damage() {
+        let first = frame_bytes(0, 3, 100);
+        let second_at = (segment::HEADER_LEN + first.len()) as u64;
+        let (file, extent) = sealed(&[first.clone(), frame_bytes(5, 3, 100)]);
+        let (offset, why) = reason(check_all(&*file, &extent, 4096).unwrap_err());
+        assert_eq!(offset, second_at);
+        assert!(why.contains("frame position out of sequence"), "{why}");
+
+        let (file, extent) = sealed(&[first.clone(), frame_bytes(3, 3, 100)]);
+        let mut byte = [0u8];
+        file.read_at(&mut byte, second_at + 70).unwrap();
+        file.write_at(&[byte[0] ^ 0x20], second_at + 70).unwrap();
+        let (offset, why) = reason(check_all(&*file, &extent, 4096).unwrap_err());
+        assert_eq!(offset, second_at);
+        assert!(why.contains("checksum"), "{why}");
+
+        let (file, mut extent) = sealed(&[first]);
+        extent.end_position += 1;
+        let (_, why) = reason(check_all(&*file, &extent, 4096).unwrap_err());
+        assert!(why.contains("ends short"), "{why}");
+    }
 }

@@ -42,9 +42,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Events in the store used for the read and open measurements (default 10 M,
-    /// 1 M with --quick).
+    /// 1 M with --quick); for `scale`, the events loaded (default 1 M; the full figure
+    /// is 100 M).
     #[arg(long)]
     pub events: Option<u64>,
+    /// Streams the `scale` section spreads its events over (default 100 000; the full
+    /// figure is 10 M).
+    #[arg(long)]
+    pub streams: Option<u64>,
     /// Seconds each timed append measurement runs (default 3, 1 with --quick).
     #[arg(long)]
     pub seconds: Option<f64>,
@@ -52,8 +57,10 @@ pub struct BenchArgs {
     /// with --quick).
     #[arg(long)]
     pub repeat: Option<usize>,
-    /// Which parts to measure (default: all): `log` (appends, reads, opens, next to the
-    /// disk's limits), `model` (aggregate loads, command handling).
+    /// Which parts to measure (default: all but `scale`): `log` (appends, reads, opens,
+    /// next to the disk's limits), `model` (aggregate loads, command handling),
+    /// `postgres`, `projections`, `server`, and `scale` (a large store next to SQLite;
+    /// only when named, as it loads both engines).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<Section>,
     /// PostgreSQL to measure (default: a throw-away cluster started for the run, with
@@ -76,6 +83,10 @@ pub enum Section {
     /// The network server: gRPC and HTTP appends and live delivery next to the embedded
     /// library.
     Server,
+    /// A large store (`--streams`, `--events`) next to SQLite with the same events: open
+    /// times (clean and after SIGKILL), memory, random stream reads, durable appends,
+    /// disk per event, each measured in a fresh process. Not part of the default run.
+    Scale,
 }
 
 /// One measured figure.
@@ -112,6 +123,11 @@ impl Report {
             line.push_str(&format!("  = {ratio:.2} x {limit}"));
         }
         println!("{line}");
+        self.figures.push(figure);
+    }
+
+    /// Keeps a figure without printing it, for a section that prints its own table.
+    pub(crate) fn keep(&mut self, figure: Figure) {
         self.figures.push(figure);
     }
 }
@@ -198,6 +214,17 @@ async fn run_in(root: &Path, args: &BenchArgs) -> Result<Report, CliError> {
             repeat,
             timed,
             quick,
+            &mut report,
+        )
+        .await?;
+    }
+    // Only when named: it loads a large store into two engines.
+    if args.only.contains(&Section::Scale) {
+        crate::bench_scale::run(
+            root,
+            args.streams.unwrap_or(crate::bench_scale::DEFAULT_STREAMS),
+            args.events.unwrap_or(crate::bench_scale::DEFAULT_EVENTS),
+            repeat,
             &mut report,
         )
         .await?;
@@ -419,7 +446,8 @@ pub(crate) struct AppendRun {
     pub(crate) elapsed_s: f64,
 }
 
-fn payload(size: usize, i: u64) -> EventData {
+/// An event of about `size` bytes of JSON, numbered `i`.
+pub(crate) fn payload(size: usize, i: u64) -> EventData {
     let pad = size.saturating_sub(24);
     let data = format!("{{\"n\":{i:>10},\"p\":\"{}\"}}", "x".repeat(pad));
     EventData::new("Measured", data.into_bytes(), strata::ContentType::Json)

@@ -71,6 +71,9 @@ pub enum CliError {
     /// The benchmark could not run.
     #[error("benchmark failed: {0}")]
     Bench(String),
+    /// SQLite failed in the benchmark's comparison (`bench --only scale`).
+    #[error("benchmark failed: SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// A `--server` could not be reached, or the connection broke.
     #[error("cannot reach the server at {url}: {message}")]
     Connect {

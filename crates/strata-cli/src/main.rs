@@ -6,6 +6,7 @@
 mod bench;
 mod bench_model;
 mod bench_postgres;
+mod bench_scale;
 mod bench_server;
 mod client;
 mod commands;
@@ -99,6 +100,10 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve the store over gRPC (KurrentDB-compatible) and HTTP/JSON.
     Serve(ServeArgs),
+    /// One measurement of `bench --only scale`, run in a fresh process by the benchmark
+    /// itself (prints JSON). Not for direct use.
+    #[command(name = "bench-scale-probe", hide = true)]
+    BenchScaleProbe(bench_scale::ScaleProbeArgs),
 }
 
 /// Runs one subcommand.
@@ -142,6 +147,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             args.postgres = args.postgres.or(target.postgres.clone());
             bench::run(data, args).await
         }
+        Command::BenchScaleProbe(args) => bench_scale::probe(args).await,
         Command::Serve(args) => {
             let json_logs = cli.log_format == logging::LogFormat::Json;
             commands::serve::run(&target, args, json_logs).await

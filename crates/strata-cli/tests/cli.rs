@@ -793,6 +793,95 @@ fn bench_runs_every_measurement_and_cleans_up() {
 }
 
 #[test]
+fn bench_scale_compares_with_sqlite_and_cleans_up() {
+    let (dir, data) = store_dir();
+    let scratch = dir.path().join("scratch");
+    let results = dir.path().join("scale.json");
+    let output = run(
+        &data,
+        &[
+            "bench",
+            "--only",
+            "scale",
+            "--streams",
+            "200",
+            "--events",
+            "1000",
+            "--dir",
+            scratch.to_str().unwrap(),
+            "--output",
+            results.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    assert!(printed.contains("strata/SQLite"), "{printed}");
+    let json: Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
+    let figures = json.as_array().unwrap();
+    let value = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("missing {name}: {json}"))["value"]
+            .as_f64()
+            .unwrap()
+    };
+    for engine in ["strata", "sqlite"] {
+        for figure in [
+            "load (set-up: batches of 1 000; strata NoSync)",
+            "disk per event",
+            "open after a clean shutdown",
+            "RSS right after open",
+            "peak RSS during open",
+            "peak RSS during reads and appends",
+            "random stream read (up to 10 events), p50",
+            "random stream read (up to 10 events), p99",
+            "durable 1-event appends, loaded store",
+            "durable 1-event appends, empty store",
+            "  loaded / empty",
+            "open after SIGKILL mid-append",
+        ] {
+            let v = value(&format!("scale {engine}: {figure}"));
+            assert!(v.is_finite() && v > 0.0, "{engine}: {figure} = {v}");
+        }
+        // Sane, not timed: a process holds at least a MiB, and the events (~100 B of
+        // JSON each) take room on disk.
+        assert!(value(&format!("scale {engine}: RSS right after open")) >= 1.0);
+        assert!(value(&format!("scale {engine}: disk per event")) >= 100.0);
+        assert!(
+            value(&format!(
+                "scale {engine}: random stream read (up to 10 events), p99"
+            )) >= value(&format!(
+                "scale {engine}: random stream read (up to 10 events), p50"
+            ))
+        );
+    }
+    assert!(!scratch.exists(), "the scratch directory is removed");
+}
+
+#[test]
+fn bench_scale_refuses_streams_without_events() {
+    let (dir, data) = store_dir();
+    let scratch = dir.path().join("scratch");
+    let output = run(
+        &data,
+        &[
+            "bench",
+            "--only",
+            "scale",
+            "--streams",
+            "100",
+            "--events",
+            "10",
+            "--dir",
+            scratch.to_str().unwrap(),
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("at least one event per stream"));
+}
+
+#[test]
 fn every_subcommand_has_help() {
     let (_dir, data) = store_dir();
     for command in [

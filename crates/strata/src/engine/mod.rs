@@ -129,7 +129,6 @@ impl Engine {
             poisoned: Mutex::new(None),
             handles,
             table_handles,
-            closing: AtomicBool::new(false),
         });
         let report = recovered.report;
         let rebuilt = matches!(report.index_source, IndexSource::Rebuilt { .. });
@@ -310,9 +309,6 @@ impl Engine {
     }
 
     fn stop(&mut self) -> Result<(), StorageError> {
-        self.shared
-            .closing
-            .store(true, std::sync::atomic::Ordering::Release);
         // The scrubber first: it stops within one chunk, never waits out its interval.
         if let Some(scrubber) = self.scrubber.as_mut() {
             scrubber.stop();

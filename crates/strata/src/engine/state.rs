@@ -117,8 +117,6 @@ pub struct Shared {
     pub handles: Arc<SegmentHandles>,
     /// The open segment table files (bounded the same way).
     pub table_handles: Arc<SegmentHandles>,
-    /// Set when the store is closing: background threads stop at their next step.
-    pub closing: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {

@@ -131,6 +131,8 @@ struct ProbeResult {
     events_read: u64,
     /// Durable single-event appends per second.
     appends_per_s: Option<f64>,
+    /// strata's index right after the open: what its memory goes to.
+    index: Option<strata::engine::IndexStats>,
 }
 
 /// The streams' names: short, distinct and the same for both engines.
@@ -508,6 +510,7 @@ async fn probe_strata(args: &ScaleProbeArgs) -> Result<ProbeResult, CliError> {
     let mut result = opened(start.elapsed())?;
     result.events = store.stats().await?.events;
     result.scanned_events = store.embedded().map(|e| e.open_report().scanned_events);
+    result.index = store.embedded().map(|e| e.index_stats());
     let mut random = Random::new();
     match args.mode {
         ProbeMode::Open => {}
@@ -1029,6 +1032,22 @@ pub async fn run(
             row.sqlite,
             row.unit,
         ));
+    }
+    if let Some(index) = strata.loaded.first().and_then(|r| r.index.as_ref()) {
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        println!(
+            "strata's index after open: heads of {} streams {:.1} MiB, memtables of {} \
+             segment(s) ({} events) {:.1} MiB, {} tables {:.1} MiB in memory ({:.1} MiB on \
+             disk)",
+            index.streams,
+            mib(index.head_memory_bytes),
+            index.memtables,
+            index.memtable_events,
+            mib(index.memtable_memory_bytes),
+            index.tables,
+            mib(index.table_memory_bytes),
+            mib(index.table_file_bytes),
+        );
     }
     println!(
         "strata scanned {} events after its checkpoint when reopened after the kill; SQLite's \

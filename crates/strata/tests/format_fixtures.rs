@@ -72,6 +72,58 @@ async fn clean_opens_from_its_checkpoint_with_every_event() {
     assert_eq!(result.first_revision, 60);
 }
 
+/// `clean-checkpoint-v3`: the clean store as strata wrote it with segment tables and a
+/// version 3 checkpoint, whose memtable runs (of the segment being written) name their
+/// stream instead of giving its id.
+#[tokio::test]
+async fn a_version_3_checkpoint_is_used_and_its_memtable_streams_found_by_name() {
+    let dir = fixture("clean-checkpoint-v3");
+    let checkpoint = fs::read(dir.path().join("index.ckpt")).unwrap();
+    assert_eq!(
+        &checkpoint[8..12],
+        &3u32.to_le_bytes(),
+        "the fixture is version 3"
+    );
+    {
+        let store = open(dir.path()).unwrap();
+        let report = store.embedded().unwrap().open_report().clone();
+        assert_eq!(report.index_source, IndexSource::Checkpoint);
+        assert_eq!(report.scanned_events, 0, "nothing rescanned: {report:?}");
+        assert_eq!(report.truncated_tail, None);
+        assert_eq!(ids(&store).await, expected(300));
+        // Every stream reads whole through its tables and the memtable: events in log
+        // order, stream `order-k` holding events k, k + 5, k + 10, …
+        for k in 0..5u128 {
+            let events = store
+                .read_stream(&format!("order-{k}"), strata::ReadStreamOptions::forwards())
+                .await
+                .unwrap();
+            let got: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+            let want: Vec<Uuid> = (0..60).map(|j| Uuid::from_u128(k + 5 * j + 1)).collect();
+            assert_eq!(got, want, "order-{k}");
+        }
+        let result = store
+            .append(
+                "order-0",
+                ExpectedRevision::Exact(59),
+                vec![EventData::json("Paid", &1).unwrap()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(result.first_revision, 60);
+        store.close().await.unwrap();
+    }
+    // Closed, it writes the current version, which the next open uses.
+    let checkpoint = fs::read(dir.path().join("index.ckpt")).unwrap();
+    assert_eq!(&checkpoint[8..12], &4u32.to_le_bytes());
+    let store = open(dir.path()).unwrap();
+    assert_eq!(
+        store.embedded().unwrap().open_report().index_source,
+        IndexSource::Checkpoint
+    );
+    assert_eq!(ids(&store).await.len(), 301);
+}
+
 #[tokio::test]
 async fn torn_tail_is_cut_and_reported_and_kept_aside() {
     let dir = fixture("torn-tail");
@@ -154,7 +206,8 @@ async fn a_store_of_strata_0_1_0_opens_rebuilds_its_index_and_keeps_working() {
             .unwrap();
         store.close().await.unwrap();
     }
-    // The checkpoint written at close (version 3, with the store's nil id) is used next time.
+    // The checkpoint written at close (the current version, with the store's nil id) is
+    // used next time.
     let store = open(dir.path()).unwrap();
     assert_eq!(
         store.embedded().unwrap().open_report().index_source,

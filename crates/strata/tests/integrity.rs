@@ -329,17 +329,18 @@ async fn appends_beyond_the_write_queues_byte_budget_wait_for_room_and_all_compl
     assert_eq!(all.len(), 32 * 6);
 }
 
-/// Where the single location of stream `name` lies in an encoded checkpoint: the u32
-/// offset of its memtable run (u16 name length, name, u64 first revision 0, u32 count 1).
-fn only_location_offset(bytes: &[u8], name: &str) -> usize {
-    let mut key = (name.len() as u16).to_le_bytes().to_vec();
-    key.extend_from_slice(name.as_bytes());
+/// Where the single location of the stream with id `id` (its place among the
+/// checkpoint's streams) lies in an encoded checkpoint: the u32 offset of its memtable
+/// run (u32 stream id, u64 first revision 0, u32 count 1). Memtables follow the heads,
+/// and only the recent ids (random) follow them: the last match is the run.
+fn only_location_offset(bytes: &[u8], id: u32) -> usize {
+    let mut key = id.to_le_bytes().to_vec();
     key.extend_from_slice(&0u64.to_le_bytes());
     key.extend_from_slice(&1u32.to_le_bytes());
     let at = bytes
         .windows(key.len())
-        .position(|window| window == key.as_slice())
-        .unwrap_or_else(|| panic!("stream {name:?} is in the checkpoint"));
+        .rposition(|window| window == key.as_slice())
+        .unwrap_or_else(|| panic!("stream #{id} is in the checkpoint"));
     at + key.len()
 }
 
@@ -363,9 +364,10 @@ async fn a_read_that_finds_another_streams_record_fails_as_corruption() {
     }
     let path = dir.path().join(checkpoint::FILE_NAME);
     let mut bytes = fs::read(&path).unwrap();
+    // Ids in the order the store first saw the streams.
     let (a, b) = (
-        only_location_offset(&bytes, "alpha"),
-        only_location_offset(&bytes, "bravo"),
+        only_location_offset(&bytes, 0),
+        only_location_offset(&bytes, 1),
     );
     let (location_a, location_b) = (bytes[a..a + 4].to_vec(), bytes[b..b + 4].to_vec());
     assert_ne!(location_a, location_b);

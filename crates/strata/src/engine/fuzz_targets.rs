@@ -541,17 +541,16 @@ fn checkpoint_heap_bytes(decoded: &checkpoint::Checkpoint) -> usize {
             .iter()
             .map(|s| s.sparse.capacity() * 16)
             .sum::<usize>();
-    let streams = decoded.index.streams.capacity() * 64
+    let streams = decoded.index.heads.memory_bytes()
         + decoded
             .index
-            .streams
+            .heads
             .iter()
-            .map(|(name, entry)| {
-                name.len()
-                    + entry
-                        .metadata
-                        .as_ref()
-                        .map_or(0, |m| m.to_json().to_string().len() * 8)
+            .map(|(_, _, entry)| {
+                entry
+                    .metadata
+                    .as_ref()
+                    .map_or(0, |m| m.to_json().to_string().len() * 8)
             })
             .sum::<usize>();
     let memtables = decoded
@@ -620,9 +619,10 @@ fn checkpoint_round_trips() {
         assert_eq!(again.store_id, decoded.store_id);
         assert_eq!(again.segments, decoded.segments);
         assert_eq!(again.index.events, decoded.index.events);
-        assert_eq!(again.index.streams.len(), decoded.index.streams.len());
-        for (name, entry) in &decoded.index.streams {
-            let other = &again.index.streams[name];
+        assert_eq!(again.index.heads.len(), decoded.index.heads.len());
+        for (id, name, entry) in decoded.index.heads.iter() {
+            assert_eq!(again.index.heads.id(name), Some(id), "{name}: same id");
+            let other = again.index.heads.entry(id);
             assert_eq!(other.next_revision, entry.next_revision, "{name}");
             assert_eq!(other.tombstoned, entry.tombstoned, "{name}");
             assert_eq!(other.metadata, entry.metadata, "{name}");
@@ -637,8 +637,9 @@ fn checkpoint_round_trips() {
                 .iter()
                 .flat_map(|(&segment, m)| {
                     m.runs()
-                        .map(move |(name, first, offsets)| {
-                            (segment, name.to_string(), first, offsets.to_vec())
+                        .map(move |(id, first, offsets)| {
+                            let name = index.heads.name(id).to_owned();
+                            (segment, name, first, offsets.to_vec())
                         })
                         .collect::<Vec<_>>()
                 })

@@ -493,11 +493,11 @@ impl EventStore for Engine {
         // One pass over the heads under the read lock, keeping only the `limit` smallest
         // names in a heap: memory is bounded by the page, not by the store's streams.
         let limit = options.limit.unwrap_or(usize::MAX);
-        let mut page: std::collections::BinaryHeap<(Arc<str>, u64, u64)> =
+        let mut page: std::collections::BinaryHeap<(String, u64, u64)> =
             std::collections::BinaryHeap::new();
         if limit > 0 {
             let index = self.shared.index();
-            for (name, entry) in &index.streams {
+            for (_, name, entry) in index.heads.iter() {
                 let wanted = entry.next_revision > 0
                     && !entry.tombstoned
                     && !entry.is_deleted()
@@ -506,8 +506,8 @@ impl EventStore for Engine {
                         .prefix
                         .as_deref()
                         .is_none_or(|p| name.starts_with(p))
-                    && options.after.as_deref().is_none_or(|a| &**name > a);
-                if !wanted || (page.len() >= limit && page.peek().is_some_and(|top| top.0 < *name))
+                    && options.after.as_deref().is_none_or(|a| name > a);
+                if !wanted || (page.len() >= limit && page.peek().is_some_and(|top| *top.0 < *name))
                 {
                     continue;
                 }
@@ -516,7 +516,7 @@ impl EventStore for Engine {
                     .metadata
                     .as_deref()
                     .map_or(0, |m| m.first_visible(len));
-                page.push((name.clone(), len - 1, len.saturating_sub(lowest)));
+                page.push((name.to_owned(), len - 1, len.saturating_sub(lowest)));
                 if page.len() > limit {
                     page.pop();
                 }
@@ -526,7 +526,7 @@ impl EventStore for Engine {
             .into_sorted_vec()
             .into_iter()
             .map(|(name, last_revision, visible_events)| StreamInfo {
-                name: name.to_string(),
+                name,
                 last_revision,
                 visible_events,
             })
@@ -617,8 +617,9 @@ mod tests {
         let (b, a) = {
             let index = engine.shared.index();
             let at = |name: &str| {
+                let id = index.heads.id(name).unwrap();
                 index.memtables[&1]
-                    .run(name)
+                    .run(id)
                     .map(|(_, offsets)| offsets[0])
                     .unwrap()
             };

@@ -100,14 +100,11 @@ fn first_recorded_at_or_after(
 
 /// The index entry of a stream that reads can see: not tombstoned, not soft-deleted,
 /// with at least one event.
-fn visible_entry<'a>(
-    index: &'a index::Index,
-    name: &str,
-) -> Result<&'a index::StreamEntry, ReadError> {
+fn visible_entry(index: &index::Index, name: &str) -> Result<index::StreamEntry, ReadError> {
     let not_found = || ReadError::StreamNotFound {
         stream: name.to_owned(),
     };
-    let entry = index.streams.get(name).ok_or_else(not_found)?;
+    let entry = index.heads.get(name).ok_or_else(not_found)?;
     if entry.tombstoned {
         return Err(ReadError::StreamDeleted {
             stream: name.to_owned(),

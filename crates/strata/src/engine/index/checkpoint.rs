@@ -5,25 +5,39 @@
 //! grows with streams, not with events.
 //!
 //! ```text
-//! "STRATIDX"  u32 version (3)  u32 reserved
+//! "STRATIDX"  u32 version (4)  u32 reserved
 //! 16-byte store id (the one in every segment header of the store)
 //! u32 segment count, then per segment:
 //!     u32 number  u64 first position  u32 end offset  u64 end position
 //!     u32 offset of the last frame covered (0xFFFF_FFFF: none)
 //!     u32 sparse count, then (u64 position, u32 offset) each
 //! u64 event count
-//! u64 stream count, then per stream:
-//!     u16 name length, name, u8 flags (1 tombstoned, 2 metadata follows)
-//!     [u32 length, metadata JSON]  u64 next revision
+//! u64 stream count n, u64 bytes of all stream names together; then, in the order of
+//! the streams' ids (a stream's id is its place in these columns):
+//!     the names back to back
+//!     u16 name length each (n of them)
+//!     u64 next revision each, with the top bit set for a tombstoned stream (n of them)
+//! u64 count of streams with metadata, then (u32 stream id, u32 length, metadata JSON)
+//!     each, ids increasing
 //! u32 memtable count, then per memtable:
 //!     u32 segment number, u64 run count, then per run:
-//!         u16 name length, name, u64 first revision, u32 count, then u32 offset each
+//!         u32 stream id, u64 first revision, u32 count, then u32 offset each
 //! u64 recent id count, then (16-byte id, u64 location) each, oldest first
 //! u32 CRC32C of everything before it
 //! ```
 //!
-//! Version 2 (per stream, `u64 location count` and a `u64` location each instead of the
-//! next revision, and no memtables) is still read: its locations become memtables.
+//! The heads are columns so that writing them is a few copies of the in-memory arrays
+//! (the writer thread waits for the encoding) and reading them needs no allocation per
+//! stream.
+//!
+//! Older versions are still read:
+//! - version 3: per stream `u16 name length, name, u8 flags (1 tombstoned, 2 metadata
+//!   follows), [u32 length, metadata JSON], u64 next revision` instead of the columns
+//!   and the metadata list, and memtable runs name their stream (`u16` name length,
+//!   name) instead of giving its id;
+//! - version 2: as version 3, but per stream a `u64` location count and a `u64` location
+//!   each instead of the next revision, and no memtables: its locations become
+//!   memtables.
 //!
 //! The checkpoint is derived data: if it is missing, damaged, of another version, of
 //! another store, or disagrees with the segment files (a covered segment's last frame is
@@ -35,7 +49,8 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{Index, Location, Memtable, StreamEntry};
+use super::heads::TOMBSTONE_BIT;
+use super::{Heads, Index, Location, Memtable, StreamId};
 use crate::engine::format::{u16_at, u32_at, u64_at};
 use crate::engine::state::Segments;
 use crate::metadata::StreamMetadata;
@@ -45,8 +60,9 @@ pub const FILE_NAME: &str = "index.ckpt";
 /// The name it is written under before being renamed into place.
 pub const TEMP_FILE_NAME: &str = "index.ckpt.tmp";
 const MAGIC: &[u8; 8] = b"STRATIDX";
-const VERSION: u32 = 3;
-/// The previous version, still read.
+const VERSION: u32 = 4;
+/// Older versions, still read.
+const VERSION_3: u32 = 3;
 const VERSION_2: u32 = 2;
 /// `last_frame_offset` on disk when a segment has no frame.
 const NO_FRAME: u32 = u32::MAX;
@@ -84,7 +100,8 @@ pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
     let memtable_events: u64 = index.memtables.values().map(Memtable::events).sum();
     let capacity = 64usize
         .saturating_add((memtable_events as usize).saturating_mul(4))
-        .saturating_add(index.streams.len().saturating_mul(40));
+        .saturating_add(index.heads.len().saturating_mul(10))
+        .saturating_add(index.heads.name_bytes());
     let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -104,24 +121,32 @@ pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&index.events.to_le_bytes());
-    out.extend_from_slice(&(index.streams.len() as u64).to_le_bytes());
-    for (name, entry) in &index.streams {
-        put_name(&mut out, name);
-        let flags = u8::from(entry.tombstoned) | (u8::from(entry.metadata.is_some()) << 1);
-        out.push(flags);
-        if let Some(metadata) = &entry.metadata {
-            let json = metadata.to_json().to_string();
-            out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-            out.extend_from_slice(json.as_bytes());
-        }
-        out.extend_from_slice(&entry.next_revision.to_le_bytes());
+    let heads = &index.heads;
+    out.extend_from_slice(&(heads.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(heads.name_bytes() as u64).to_le_bytes());
+    // In id order: decoding gives each stream the same id, which memtables refer to.
+    out.extend_from_slice(heads.name_arena());
+    for len in heads.name_lens() {
+        // Names are at most `u16::MAX` bytes: longer ones are refused before the log.
+        out.extend_from_slice(&(len as u16).to_le_bytes());
+    }
+    for word in heads.revision_words() {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    let metadata = heads.metadata();
+    out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (id, metadata) in metadata {
+        let json = metadata.to_json().to_string();
+        out.extend_from_slice(&id.0.to_le_bytes());
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(json.as_bytes());
     }
     out.extend_from_slice(&(index.memtables.len() as u32).to_le_bytes());
     for (&segment, memtable) in &index.memtables {
         out.extend_from_slice(&segment.to_le_bytes());
         out.extend_from_slice(&(memtable.streams() as u64).to_le_bytes());
-        for (name, first_revision, offsets) in memtable.runs() {
-            put_name(&mut out, name);
+        for (id, first_revision, offsets) in memtable.runs() {
+            out.extend_from_slice(&id.0.to_le_bytes());
             out.extend_from_slice(&first_revision.to_le_bytes());
             out.extend_from_slice(&(offsets.len() as u32).to_le_bytes());
             for offset in offsets {
@@ -137,11 +162,6 @@ pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
-}
-
-fn put_name(out: &mut Vec<u8>, name: &str) {
-    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-    out.extend_from_slice(name.as_bytes());
 }
 
 struct Cursor<'a> {
@@ -198,7 +218,7 @@ pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'stati
         return Err("not a checkpoint");
     }
     let version = c.u32()?;
-    if version != VERSION && version != VERSION_2 {
+    if ![VERSION, VERSION_3, VERSION_2].contains(&version) {
         return Err("checkpoint of another version");
     }
     c.u32()?;
@@ -225,63 +245,37 @@ pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'stati
     }
     let mut index = Index::new(recent_ids_max);
     index.events = c.u64()?;
-    for _ in 0..c.count(true, 11)? {
-        let name: Arc<str> = c.name()?.into();
-        let flags = c.take(1)?[0];
-        let metadata = if flags & 2 != 0 {
-            let len = c.u32()? as usize;
-            let metadata =
-                StreamMetadata::from_slice(c.take(len)?).map_err(|_| "invalid metadata")?;
-            Some(Arc::new(metadata))
-        } else {
-            None
-        };
-        let next_revision = if version == VERSION_2 {
-            // Version 2 held every location: they become memtables.
-            let count = c.count(true, 8)?;
-            for (revision, chunk) in c.take(count * 8)?.chunks_exact(8).enumerate() {
-                let location = Location(u64_at(chunk, 0));
-                index
-                    .memtables
-                    .entry(location.segment())
-                    .or_default()
-                    .add(&name, revision as u64, std::iter::once(location.offset()))
-                    .map_err(|_| "locations out of order")?;
-            }
-            count as u64
-        } else {
-            c.u64()?
-        };
-        if next_revision > 0 {
-            index.streams_with_events += 1;
-        }
-        let entry = StreamEntry {
-            next_revision,
-            tombstoned: flags & 1 != 0,
-            metadata,
-        };
-        if index.streams.insert(name, entry).is_some() {
-            return Err("a stream appears twice");
-        }
-    }
     if version == VERSION {
+        decode_heads(&mut c, &mut index)?;
+    } else {
+        decode_heads_v2_v3(&mut c, &mut index, version)?;
+    }
+    if version != VERSION_2 {
         for _ in 0..c.count(false, 12)? {
             let segment = c.u32()?;
-            let mut memtable = Memtable::default();
-            for _ in 0..c.count(true, 14)? {
-                let name = c.name()?;
+            let runs = c.count(true, if version == VERSION { 16 } else { 14 })?;
+            let mut memtable = Memtable::with_capacity(runs);
+            for _ in 0..runs {
+                let id = if version == VERSION {
+                    let id = StreamId(c.u32()?);
+                    if !index.heads.contains(id) {
+                        return Err("a memtable names an unknown stream");
+                    }
+                    id
+                } else {
+                    index
+                        .heads
+                        .id(c.name()?)
+                        .ok_or("a memtable names an unknown stream")?
+                };
                 let first_revision = c.u64()?;
                 let count = c.count(false, 4)?;
                 let offsets = c.take(count * 4)?.chunks_exact(4).map(|o| u32_at(o, 0));
-                let (name, entry) = index
-                    .streams
-                    .get_key_value(name)
-                    .ok_or("a memtable names an unknown stream")?;
-                if first_revision.saturating_add(count as u64) > entry.next_revision {
+                if first_revision.saturating_add(count as u64) > index.heads.next_revision(id) {
                     return Err("a memtable locates revisions its stream does not have");
                 }
                 memtable
-                    .add(name, first_revision, offsets)
+                    .add(id, first_revision, offsets)
                     .map_err(|_| "a memtable run appears twice")?;
             }
             if index.memtables.insert(segment, memtable).is_some() {
@@ -298,11 +292,7 @@ pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'stati
     }
     // Invariant of the index (every indexed event has one location): the count is
     // derived data that later code sizes buffers by, so it must agree.
-    let located: u64 = index
-        .streams
-        .values()
-        .map(|entry| entry.next_revision)
-        .sum();
+    let located = index.heads.events();
     if located != index.events {
         return Err("event count does not match the streams");
     }
@@ -311,6 +301,90 @@ pub fn decode(bytes: &[u8], recent_ids_max: usize) -> Result<Checkpoint, &'stati
         segments,
         index,
     })
+}
+
+/// Reads the heads' columns (version 4).
+fn decode_heads(c: &mut Cursor<'_>, index: &mut Index) -> Result<(), &'static str> {
+    let streams = c.count(true, 11)?;
+    let name_bytes = c.count(true, 1)?;
+    let names = c.take(name_bytes)?.to_vec();
+    let lens = c.take(streams.checked_mul(2).ok_or("count overflows")?)?;
+    let lens = lens.chunks_exact(2).map(|l| usize::from(u16_at(l, 0)));
+    let words = c.take(streams.checked_mul(8).ok_or("count overflows")?)?;
+    let revisions: Vec<u64> = words.chunks_exact(8).map(|w| u64_at(w, 0)).collect();
+    index.streams_with_events = revisions
+        .iter()
+        .filter(|&&word| word & !TOMBSTONE_BIT != 0)
+        .count() as u64;
+    index.heads = Heads::from_parts(names, lens, revisions)?;
+    let mut previous = None;
+    for _ in 0..c.count(true, 8)? {
+        let id = StreamId(c.u32()?);
+        if !index.heads.contains(id) || previous.is_some_and(|p| p >= id) {
+            return Err("metadata of an unknown stream, or out of order");
+        }
+        previous = Some(id);
+        let len = c.u32()? as usize;
+        let metadata = StreamMetadata::from_slice(c.take(len)?).map_err(|_| "invalid metadata")?;
+        index.heads.set_metadata(id, Some(Arc::new(metadata)));
+    }
+    Ok(())
+}
+
+/// Reads the heads of a version 2 or 3 checkpoint: one record per stream (and, in
+/// version 2, every location, which become memtables).
+fn decode_heads_v2_v3(
+    c: &mut Cursor<'_>,
+    index: &mut Index,
+    version: u32,
+) -> Result<(), &'static str> {
+    let streams = c.count(true, 11)?;
+    // Sized once: growing a table of millions of streams rehashes it ~20 times.
+    index.heads.reserve(streams, streams.saturating_mul(16));
+    for _ in 0..streams {
+        let name = c.name()?;
+        let flags = c.take(1)?[0];
+        let metadata = if flags & 2 != 0 {
+            let len = c.u32()? as usize;
+            let metadata =
+                StreamMetadata::from_slice(c.take(len)?).map_err(|_| "invalid metadata")?;
+            Some(Arc::new(metadata))
+        } else {
+            None
+        };
+        let id = index.heads.id_or_insert(name);
+        if id.0 as usize + 1 != index.heads.len() {
+            return Err("a stream appears twice");
+        }
+        let next_revision = if version == VERSION_2 {
+            // Version 2 held every location: they become memtables.
+            let count = c.count(true, 8)?;
+            for (revision, chunk) in c.take(count * 8)?.chunks_exact(8).enumerate() {
+                let location = Location(u64_at(chunk, 0));
+                index
+                    .memtables
+                    .entry(location.segment())
+                    .or_default()
+                    .add(id, revision as u64, std::iter::once(location.offset()))
+                    .map_err(|_| "locations out of order")?;
+            }
+            count as u64
+        } else {
+            c.u64()?
+        };
+        if next_revision & TOMBSTONE_BIT != 0 {
+            return Err("revision out of range");
+        }
+        if next_revision > 0 {
+            index.streams_with_events += 1;
+        }
+        index.heads.set_next_revision(id, next_revision);
+        if flags & 1 != 0 {
+            index.heads.set_tombstoned(id);
+        }
+        index.heads.set_metadata(id, metadata);
+    }
+    Ok(())
 }
 
 /// Writes a checkpoint crash-atomically: to a temporary file, synced, renamed into place,

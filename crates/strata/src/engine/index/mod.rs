@@ -11,11 +11,12 @@
 
 pub mod bloom;
 pub mod checkpoint;
+mod heads;
 mod memtable;
 mod recent;
 pub mod table;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -24,6 +25,7 @@ use crate::error::StorageError;
 use crate::metadata::StreamMetadata;
 use crate::stream;
 
+pub use heads::{Heads, StreamEntry, StreamId};
 pub use memtable::Memtable;
 pub use recent::RecentIds;
 use table::Table;
@@ -55,34 +57,11 @@ impl Location {
     }
 }
 
-/// What the index keeps in memory of one stream: its head.
-#[derive(Clone, Debug, Default)]
-pub struct StreamEntry {
-    /// The revision the next event gets (the stream's event count).
-    pub next_revision: u64,
-    /// Whether the stream is tombstoned.
-    pub tombstoned: bool,
-    /// The stream's current metadata, if any was set.
-    pub metadata: Option<Arc<StreamMetadata>>,
-}
-
-impl StreamEntry {
-    /// The revision the next event gets.
-    pub fn next_revision(&self) -> u64 {
-        self.next_revision
-    }
-
-    /// Whether the stream is soft-deleted (and not appended to since).
-    pub fn is_deleted(&self) -> bool {
-        self.metadata.as_ref().is_some_and(|m| m.is_deleted())
-    }
-}
-
 /// The indexes.
 #[derive(Debug)]
 pub struct Index {
-    /// Every stream that has events or metadata.
-    pub streams: HashMap<Arc<str>, StreamEntry>,
+    /// The head of every stream that has events or metadata.
+    pub heads: Heads,
     /// Recently written event ids.
     pub recent: RecentIds,
     /// Number of events indexed.
@@ -101,6 +80,8 @@ pub struct Index {
 pub struct IndexStats {
     /// Streams whose head is in memory (every stream with events or metadata).
     pub streams: u64,
+    /// Memory the heads take.
+    pub head_memory_bytes: u64,
     /// Sealed segments with a table on disk.
     pub tables: u64,
     /// Memory the tables take (bloom filters and block fences).
@@ -112,6 +93,8 @@ pub struct IndexStats {
     pub memtables: u64,
     /// Events those memtables locate.
     pub memtable_events: u64,
+    /// Memory the memtables take.
+    pub memtable_memory_bytes: u64,
 }
 
 /// Consecutive events of one stream in one frame, as the index sees them. An append
@@ -140,30 +123,13 @@ impl Index {
     /// An empty index remembering the first event ids of up to `recent_ids_max` appends.
     pub fn new(recent_ids_max: usize) -> Index {
         Index {
-            streams: HashMap::new(),
+            heads: Heads::default(),
             recent: RecentIds::new(recent_ids_max),
             events: 0,
             streams_with_events: 0,
             memtables: BTreeMap::new(),
             tables: BTreeMap::new(),
         }
-    }
-
-    /// The entry of `name`, created empty if there is none.
-    fn entry(&mut self, name: &str) -> (Arc<str>, &mut StreamEntry) {
-        let key = match self.streams.get_key_value(name) {
-            Some((key, _)) => key.clone(),
-            None => {
-                let key: Arc<str> = name.into();
-                self.streams.insert(key.clone(), StreamEntry::default());
-                key
-            }
-        };
-        let entry = self
-            .streams
-            .get_mut(name)
-            .unwrap_or_else(|| unreachable!("inserted above"));
-        (key, entry)
     }
 
     /// Records a run of events. Runs must be applied in log order.
@@ -177,26 +143,27 @@ impl Index {
             "a run lies in one segment"
         );
         let has_table = self.tables.contains_key(&segment);
-        let (name, entry) = self.entry(run.stream);
-        if run.first_revision != entry.next_revision {
+        let id = self.heads.id_or_insert(run.stream);
+        let next_revision = self.heads.next_revision(id);
+        if run.first_revision != next_revision {
             return Err(Inconsistent(format!(
                 "event {} of stream {:?} has revision {}, expected {}",
-                run.first_id, run.stream, run.first_revision, entry.next_revision
+                run.first_id, run.stream, run.first_revision, next_revision
             )));
         }
-        let was_empty = entry.next_revision == 0;
-        entry.next_revision += run.locations.len() as u64;
+        self.heads
+            .set_next_revision(id, next_revision + run.locations.len() as u64);
         if run.tombstone && !stream::is_system(run.stream) {
-            entry.tombstoned = true;
+            self.heads.set_tombstoned(id);
         }
-        if was_empty {
+        if next_revision == 0 {
             self.streams_with_events += 1;
         }
         self.events += run.locations.len() as u64;
         if !has_table {
             // A segment whose table exists (recovery rescanning it) needs no memtable.
             self.memtables.entry(segment).or_default().add(
-                &name,
+                id,
                 run.first_revision,
                 run.locations.iter().map(|l| l.offset()),
             )?;
@@ -206,7 +173,8 @@ impl Index {
             // Metadata was validated when written; an unreadable one (impossible
             // without damage the checksums would catch) leaves the old metadata.
             if let Ok(metadata) = StreamMetadata::from_slice(data) {
-                self.entry(target).1.metadata = Some(Arc::new(metadata));
+                let target = self.heads.id_or_insert(target);
+                self.heads.set_metadata(target, Some(Arc::new(metadata)));
             }
         }
         Ok(())
@@ -223,8 +191,17 @@ impl Index {
     pub fn lookup(&self, name: &str, low: u64, high: u64) -> Lookup {
         let hash = bloom::stream_hash(name);
         let mut known = vec![None; usize::try_from(high.saturating_sub(low)).unwrap_or(0)];
+        // A stream without a head has no events: no memtable or table can hold any.
+        let Some(id) = self.heads.id(name) else {
+            return Lookup {
+                low,
+                hash,
+                known,
+                tables: Vec::new(),
+            };
+        };
         for (&segment, memtable) in &self.memtables {
-            let Some((first, offsets)) = memtable.run(name) else {
+            let Some((first, offsets)) = memtable.run(id) else {
                 continue;
             };
             let from = first.max(low);
@@ -255,12 +232,18 @@ impl Index {
     /// What the index holds where.
     pub fn stats(&self) -> IndexStats {
         IndexStats {
-            streams: self.streams.len() as u64,
+            streams: self.heads.len() as u64,
+            head_memory_bytes: self.heads.memory_bytes() as u64,
             tables: self.tables.len() as u64,
             table_memory_bytes: self.tables.values().map(|t| t.memory_bytes() as u64).sum(),
             table_file_bytes: self.tables.values().map(|t| t.file_bytes()).sum(),
             memtables: self.memtables.len() as u64,
             memtable_events: self.memtables.values().map(Memtable::events).sum(),
+            memtable_memory_bytes: self
+                .memtables
+                .values()
+                .map(|m| m.memory_bytes() as u64)
+                .sum(),
         }
     }
 }
@@ -338,7 +321,10 @@ mod tests {
         };
         assert!(index.apply(&meta).is_ok());
         assert_eq!(
-            index.streams["a"]
+            index
+                .heads
+                .get("a")
+                .expect("a has a head")
                 .metadata
                 .as_ref()
                 .and_then(|m| m.max_count),
@@ -349,7 +335,7 @@ mod tests {
             ..run("a", 2, &locations[..1])
         };
         assert!(index.apply(&tombstone).is_ok());
-        assert!(index.streams["a"].tombstoned);
+        assert!(index.heads.get("a").is_some_and(|a| a.tombstoned));
         assert_eq!(index.events, 4);
         let location = Location::new(7, 123);
         assert_eq!((location.segment(), location.offset()), (7, 123));

@@ -133,7 +133,7 @@ impl Planner<'_> {
                 metadata: pending.metadata.clone(),
             };
         }
-        match self.index.streams.get(name) {
+        match self.index.heads.get(name) {
             Some(entry) => View {
                 next_revision: entry.next_revision(),
                 tombstoned: entry.tombstoned,
@@ -177,7 +177,7 @@ impl Planner<'_> {
         }
         let recorded = self
             .index
-            .streams
+            .heads
             .get(name)
             .is_some_and(|entry| revision < entry.next_revision);
         if !recorded {

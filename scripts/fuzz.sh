@@ -18,14 +18,14 @@ usage() {
 
 # target name -> "package test-binary filter"
 declare -A TARGETS=(
-  [frame]="strata --lib engine::fuzz_targets::fuzz_frame"
-  [record]="strata --lib engine::fuzz_targets::fuzz_record"
-  [segment_header]="strata --lib engine::fuzz_targets::fuzz_segment_header"
-  [checkpoint]="strata --lib engine::fuzz_targets::fuzz_checkpoint"
-  [table]="strata --lib engine::fuzz_targets::fuzz_table"
-  [store_files]="strata --lib engine::fuzz_targets::fuzz_store_files"
-  [metadata]="strata --lib engine::fuzz_targets::fuzz_metadata"
-  [filter]="strata --lib engine::fuzz_targets::fuzz_filter"
+  [frame]="strata-engine --lib fuzz_targets::fuzz_frame"
+  [record]="strata-engine --lib fuzz_targets::fuzz_record"
+  [segment_header]="strata-engine --lib fuzz_targets::fuzz_segment_header"
+  [checkpoint]="strata-engine --lib fuzz_targets::fuzz_checkpoint"
+  [table]="strata-engine --lib fuzz_targets::fuzz_table"
+  [store_files]="strata-engine --lib fuzz_targets::fuzz_store_files"
+  [metadata]="strata-engine --lib fuzz_targets::fuzz_metadata"
+  [filter]="strata-engine --lib fuzz_targets::fuzz_filter"
   [http]="strata-server --test=fuzz_http fuzz_http"
   [grpc]="strata-server --test=fuzz_grpc fuzz_grpc"
 )

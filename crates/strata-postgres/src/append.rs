@@ -7,7 +7,7 @@ use deadpool_postgres::Transaction;
 use futures_util::future::try_join_all;
 use uuid::Uuid;
 
-use strata::engine::index::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
+use strata::stream::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use strata::write::TargetState;
 use strata::{
     stream, AppendError, AppendRequest, AppendResult, ContentType, CurrentRevision, EventData,

@@ -997,6 +997,7 @@ pub async fn stream_subscription_catches_up_then_goes_live(h: &Harness) {
         {
             SubscriptionMessage::Event(event) => revisions.push(event.revision),
             SubscriptionMessage::CaughtUp => caught_up += 1,
+            other => panic!("unexpected message {other:?}"),
         }
     }
     writer.await.unwrap();

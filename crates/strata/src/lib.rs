@@ -15,34 +15,44 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The pieces: [`event`] (what is written and read), [`store`] (the [`EventStore`] trait
-//! and the [`Store`] handle), [`subscription`] (catch-up subscriptions), and [`engine`]
-//! (the embedded storage engine: segments, frames, group commit, recovery).
+//! This crate is the facade users import. The layers under it are crates of their own:
+//! - `strata-core`: [`event`] (what is written and read), [`store`] (the [`EventStore`]
+//!   trait and its request and result types), [`subscription`] (catch-up
+//!   subscriptions), errors, filters, metadata, limits and validation;
+//! - `strata-engine`, re-exported as [`engine`]: the embedded storage engine (segments,
+//!   frames, group commit, segment tables, recovery, scrubbing).
+//!
+//! On them, this crate holds the [`Store`] handle, and the framework written against the
+//! [`EventStore`] trait: aggregates ([`model`]), projections ([`projection`]) and the
+//! leases that spread work over nodes ([`lease`]).
 
 #![warn(missing_docs)]
 
-pub mod engine;
-pub mod error;
-pub mod event;
-pub mod filter;
+mod handle;
 pub mod lease;
-pub mod limits;
-pub mod metadata;
 pub mod model;
 pub mod projection;
-pub mod revision;
-pub mod scan;
-pub mod store;
-pub mod stream;
-pub mod subscription;
-pub mod validate;
-pub mod write;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-#[cfg(any(test, feature = "fuzz"))]
-pub mod fuzz;
+/// The embedded storage engine (the `strata-engine` crate).
+pub use strata_engine as engine;
+
+pub use strata_core::{
+    error, event, filter, limits, metadata, revision, scan, scrub, stream, subscription, validate,
+    write,
+};
+
+#[cfg(feature = "fuzz")]
+pub use strata_core::fuzz;
+
+/// The [`EventStore`] trait every backend implements, the request and result types it
+/// speaks, and [`Store`], the handle users hold.
+pub mod store {
+    pub use crate::handle::Store;
+    pub use strata_core::store::*;
+}
 
 pub use engine::{Durability, Engine, OpenReport, Options, ScrubDamage, ScrubStatus};
 pub use error::{AppendError, InvalidInput, OpenError, ReadError, StorageError};

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use strata::engine::format::durable::{self, DurablePoint};
 use strata::engine::format::segment::{self, SegmentHeader};
 use strata::engine::format::{frame, record};
-use strata::engine::index::TOMBSTONE_EVENT_TYPE;
+use strata::stream::TOMBSTONE_EVENT_TYPE;
 use strata::{Filter, ReadError, RecordedEvent, StorageError};
 
 use super::tail::{caught_up, Shutdown, Sink};

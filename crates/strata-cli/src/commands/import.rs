@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use strata::engine::index::TOMBSTONE_EVENT_TYPE;
+use strata::stream::TOMBSTONE_EVENT_TYPE;
 use strata::{
     AppendError, AppendRequest, EventData, ExpectedRevision, Position, ReadError,
     ReadStreamOptions, Store,

@@ -126,7 +126,7 @@ impl ContentType {
 /// same order records nothing new and returns the original result.
 ///
 /// ```
-/// use strata::EventData;
+/// use strata_core::EventData;
 /// let event = EventData::json("Deposited", &serde_json::json!({ "amount": 10 })).unwrap();
 /// assert_eq!(event.event_type, "Deposited");
 /// ```

@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use strata_core::scrub::{ScrubDamage, ScrubStatus};
 
 use super::format::segment::{self, SegmentHeader};
 use super::handles::SegmentFile;
@@ -44,43 +44,6 @@ const CHUNK_BYTES_MIN: u64 = 4 << 10;
 /// Longest single wait: waits are cut in slices so that a deadline too far away to
 /// express as an `Instant` still works.
 const WAIT_SLICE: Duration = Duration::from_secs(3600);
-
-/// What the scrubber has done and found since the store was opened.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScrubStatus {
-    /// Full passes over the sealed segments completed.
-    pub passes: u64,
-    /// Bytes checked and found intact, over all passes.
-    pub bytes_verified: u64,
-    /// The segment being checked now (`None`: between passes).
-    pub current_segment: Option<u32>,
-    /// When the last full pass ended (`None`: none has yet).
-    pub last_pass_finished_at: Option<Timestamp>,
-    /// Distinct damage found (by segment and offset), including any beyond the list.
-    pub damage_found: u64,
-    /// The first [`ScrubStatus::DAMAGE_LIST_MAX`] distinct damage reports, in the order
-    /// found.
-    pub damage: Vec<ScrubDamage>,
-}
-
-impl ScrubStatus {
-    /// Most damage reports [`ScrubStatus::damage`] keeps (the first found); more are
-    /// only counted, in [`ScrubStatus::damage_found`].
-    pub const DAMAGE_LIST_MAX: usize = 64;
-}
-
-/// Damage the scrubber found in a sealed segment. The file is left as it is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScrubDamage {
-    /// The segment's number (its file is `{segment:010}.seg`).
-    pub segment: u32,
-    /// Offset in the file of the first damaged frame (or header); the rest of the
-    /// segment was not checked in that pass, since frame boundaries past damage cannot
-    /// be trusted.
-    pub offset: u64,
-    /// What is wrong there.
-    pub detail: String,
-}
 
 /// The running scrubber, owned by the engine.
 pub(super) struct Scrubber {
@@ -439,9 +402,9 @@ fn report(shared: &Shared, control: &Control, extent: &SealedExtent, error: &Sto
 #[allow(clippy::unwrap_used)] // a test panics on a failed expectation
 mod tests {
     use super::*;
-    use crate::engine::io::MemoryStorage;
-    use crate::engine::{Engine, Options};
-    use crate::{EventData, ExpectedRevision, Store};
+    use crate::io::MemoryStorage;
+    use crate::{Engine, Options};
+    use crate::{EventData, ExpectedRevision};
 
     fn control() -> Control {
         Control {
@@ -459,8 +422,7 @@ mod tests {
             ..Options::small_for_tests()
         };
         let engine = Engine::open_storage(Arc::new(MemoryStorage::new()), options).unwrap();
-        let store = Store::from_engine(engine);
-        let engine = store.embedded().unwrap();
+        let store = &engine;
         while engine.shared.segments().list.len() < 3 {
             let events = (0..8)
                 .map(|i| {
@@ -500,7 +462,7 @@ mod tests {
         assert_eq!(status.damage_found, 1);
         assert_eq!(status.damage[0].segment, oldest.number);
         assert_eq!(status.damage[0].offset, 100);
-        store.close().await.unwrap();
+        engine.close().unwrap();
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::stream;
 /// any listed value is enough. The empty filter passes everything.
 ///
 /// ```
-/// use strata::Filter;
+/// use strata_core::Filter;
 /// let filter = Filter::new().category("order").event_type("OrderPlaced");
 /// assert!(filter.matches("order-1", "OrderPlaced"));
 /// assert!(!filter.matches("order-1", "OrderShipped"));
@@ -264,7 +264,7 @@ impl Filter {
     /// [`Pattern`] for the syntax).
     ///
     /// ```
-    /// use strata::Filter;
+    /// use strata_core::Filter;
     /// let filter = Filter::new().stream_regex("^(?!\\$)").unwrap();
     /// assert!(filter.matches("order-1", "Placed"));
     /// assert!(!filter.matches("$$order-1", "$metadata"));

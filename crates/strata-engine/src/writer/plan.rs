@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::engine::format::{frame, record};
-use crate::engine::index::{Index, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
-use crate::engine::reader;
-use crate::engine::state::Shared;
 use crate::error::{AppendError, InvalidInput, StorageError};
 use crate::event::{EventData, Position};
+use crate::format::{frame, record};
+use crate::index::{Index, METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use crate::metadata::StreamMetadata;
+use crate::reader;
 use crate::revision::{CurrentRevision, ExpectedRevision};
+use crate::state::Shared;
 use crate::store::AppendResult;
 use crate::stream;
 use crate::write::{self, TargetState};

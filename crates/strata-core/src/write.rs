@@ -4,10 +4,10 @@
 
 use bytes::Bytes;
 
-use crate::engine::index::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 use crate::event::{ContentType, EventData};
 use crate::metadata::{StreamMetadata, DELETED_TRUNCATE_BEFORE};
 use crate::stream;
+use crate::stream::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 
 /// What one part of an append asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

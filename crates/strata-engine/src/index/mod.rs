@@ -30,10 +30,7 @@ pub use memtable::Memtable;
 pub use recent::RecentIds;
 use table::Table;
 
-/// The event type of a metadata event (in a `$$stream`).
-pub const METADATA_EVENT_TYPE: &str = "$metadata";
-/// The event type of a tombstone (in the stream it deletes).
-pub const TOMBSTONE_EVENT_TYPE: &str = "$streamDeleted";
+pub use crate::stream::{METADATA_EVENT_TYPE, TOMBSTONE_EVENT_TYPE};
 
 /// Where an event lies: segment number in the high 32 bits, byte offset of its record in
 /// the low 32.

@@ -110,7 +110,7 @@ pub struct Writer {
     tail: SegmentInfo,
     /// The tail segment's open file, held by the writer for as long as it writes there
     /// (the handle cache may close its own copy; this one stays valid).
-    tail_file: Arc<dyn crate::engine::io::StorageFile>,
+    tail_file: Arc<dyn crate::io::StorageFile>,
     /// The store's id, written into every new segment's header.
     store_id: uuid::Uuid,
     last_recorded_at: u64,
@@ -124,7 +124,7 @@ pub struct Writer {
     buffer: Vec<u8>,
     /// The durable-point marker for readers in other processes (`None`: it could not
     /// be opened; it is only a hint, so the store works without it).
-    durable_marker: Option<Arc<dyn crate::engine::io::StorageFile>>,
+    durable_marker: Option<Arc<dyn crate::io::StorageFile>>,
     /// Builds the table of every segment the writer seals.
     indexer: Indexer,
 }
@@ -639,8 +639,8 @@ fn frame_size(runs: &[PlannedRun]) -> u64 {
 
 /// Opens (or creates) the durable-point marker; `None` if that fails.
 fn open_durable_marker(
-    storage: &dyn crate::engine::io::Storage,
-) -> Option<Arc<dyn crate::engine::io::StorageFile>> {
+    storage: &dyn crate::io::Storage,
+) -> Option<Arc<dyn crate::io::StorageFile>> {
     let name = format::durable::FILE_NAME;
     match storage.open(name).or_else(|_| storage.create(name)) {
         Ok(file) => Some(file),

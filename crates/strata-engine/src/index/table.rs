@@ -37,10 +37,10 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::bloom::{stream_hash, Bloom};
-use crate::engine::format::{segment, u32_at, u64_at};
-use crate::engine::handles::SegmentHandles;
-use crate::engine::io::{read_exact_at, Storage, StorageFile};
 use crate::error::StorageError;
+use crate::format::{segment, u32_at, u64_at};
+use crate::handles::SegmentHandles;
+use crate::io::{read_exact_at, Storage, StorageFile};
 
 const MAGIC: &[u8; 8] = b"STRATTBL";
 const VERSION: u32 = 1;
@@ -279,7 +279,7 @@ pub fn entries_of_segment(
 ) -> Result<Vec<Entry>, StorageError> {
     let name = segment::file_name(segment);
     let mut entries = Vec::new();
-    let _: std::ops::ControlFlow<()> = crate::engine::reader::for_each_frame(
+    let _: std::ops::ControlFlow<()> = crate::frames::for_each_frame(
         file,
         &name,
         segment::HEADER_LEN as u64,
@@ -396,7 +396,7 @@ pub fn build(
 #[allow(clippy::unwrap_used)] // a test panics on a failed expectation
 mod tests {
     use super::*;
-    use crate::engine::io::MemoryStorage;
+    use crate::io::MemoryStorage;
 
     fn entries(n: u64) -> Vec<Entry> {
         let mut all: Vec<Entry> = (0..n)

@@ -185,7 +185,7 @@ impl SegmentFile {
 #[allow(clippy::unwrap_used)] // a test panics on a failed expectation
 mod tests {
     use super::*;
-    use crate::engine::io::MemoryStorage;
+    use crate::io::MemoryStorage;
 
     fn storage_with(segments: u32) -> Arc<dyn Storage> {
         let storage = MemoryStorage::new();

@@ -970,8 +970,8 @@ pub(super) fn later_batch_frame(tail: &[u8], bad: u64, expected_position: u64) -
 #[allow(clippy::unwrap_used)] // a test panics on a failed expectation
 mod tests {
     use super::*;
-    use crate::engine::io::MemoryStorage;
     use crate::event::{ContentType, Timestamp};
+    use crate::io::MemoryStorage;
 
     /// A frame of `count` events from position `first`, each with `pad` bytes of data.
     fn frame_bytes(first: u64, count: u64, pad: usize) -> Vec<u8> {

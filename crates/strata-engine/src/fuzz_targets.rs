@@ -16,16 +16,17 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use uuid::Uuid;
 
-use crate::engine::format::segment::{self, SegmentHeader};
-use crate::engine::format::{frame, record, u32_at};
-use crate::engine::index::checkpoint;
-use crate::engine::io::{MemoryStorage, Storage};
-use crate::engine::{Durability, Engine, Options};
 use crate::event::{ContentType, Timestamp};
+use crate::format::segment::{self, SegmentHeader};
+use crate::format::{frame, record, u32_at};
 use crate::fuzz::{ensure, mutated, mutated_text, run, Mutation};
+use crate::index::checkpoint;
+use crate::io::{MemoryStorage, Storage};
 use crate::limits::Limits;
+use crate::store::EventStore as _;
+use crate::{Durability, Engine, Options};
 use crate::{
-    EventData, ExpectedRevision, Filter, ReadAllOptions, ReadStreamOptions, Store, StreamMetadata,
+    EventData, ExpectedRevision, Filter, ReadAllOptions, ReadStreamOptions, StreamMetadata,
 };
 
 /// Default cases per target in the normal test suite (debug builds): a few seconds each.
@@ -69,7 +70,7 @@ fn seed_store() -> &'static Vec<(String, Vec<u8>)> {
     SEED.get_or_init(|| {
         let storage = MemoryStorage::new();
         let engine = Engine::open_storage(Arc::new(storage.clone()), small_options()).unwrap();
-        let store = Store::from_engine(engine);
+        let store = engine;
         runtime().block_on(async {
             for i in 0..24u64 {
                 let mut events = vec![EventData::json(
@@ -106,9 +107,9 @@ fn seed_store() -> &'static Vec<(String, Vec<u8>)> {
                 .tombstone_stream("order-3", ExpectedRevision::Any)
                 .await
                 .unwrap();
-            store.embedded().unwrap().checkpoint().await.unwrap();
-            store.close().await.unwrap();
+            store.checkpoint().await.unwrap();
         });
+        store.close().unwrap();
         let mut files: Vec<(String, Vec<u8>)> = storage
             .list()
             .unwrap()
@@ -438,8 +439,8 @@ fn fuzz_segment_header() {
 // Segment tables.
 
 fn seed_tables() -> Vec<Vec<u8>> {
-    use crate::engine::index::bloom::stream_hash;
-    use crate::engine::index::table::{encode, Entry};
+    use crate::index::bloom::stream_hash;
+    use crate::index::table::{encode, Entry};
     let mut entries: Vec<Entry> = (0..300u64)
         .map(|i| Entry {
             hash: stream_hash(&format!("s-{}", i % 40)),
@@ -458,13 +459,13 @@ fn seed_tables() -> Vec<Vec<u8>> {
 /// Reseals a table's header and summary checksums (block checksums are left, so that
 /// both a damaged block and the decoding behind it are reached).
 fn reseal_table(bytes: &mut [u8]) {
-    use crate::engine::index::table::{ENTRY_LEN, HEADER_LEN};
+    use crate::index::table::{ENTRY_LEN, HEADER_LEN};
     if bytes.len() < HEADER_LEN + 4 {
         return;
     }
     let crc = crc32c::crc32c(&bytes[..60]);
     bytes[60..64].copy_from_slice(&crc.to_le_bytes());
-    let entries = crate::engine::format::u64_at(bytes, 40);
+    let entries = crate::format::u64_at(bytes, 40);
     let Some(summary) = entries
         .checked_mul(ENTRY_LEN as u64)
         .and_then(|n| n.checked_add(HEADER_LEN as u64))
@@ -480,7 +481,7 @@ fn reseal_table(bytes: &mut [u8]) {
 
 #[test]
 fn fuzz_table() {
-    use crate::engine::index::table::{file_name, Table};
+    use crate::index::table::{file_name, Table};
     let strategy = (
         mutated(seed_tables(), 8, 256),
         any::<bool>(),
@@ -498,7 +499,7 @@ fn fuzz_table() {
             let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
             let file = storage.create(&file_name(1)).unwrap();
             file.write_at(&bytes, 0).unwrap();
-            let handles = Arc::new(crate::engine::handles::SegmentHandles::named(
+            let handles = Arc::new(crate::handles::SegmentHandles::named(
                 storage.clone(),
                 2,
                 file_name,
@@ -515,7 +516,7 @@ fn fuzz_table() {
                 )
             })?;
             let _ = table.find(hash, low, low + 4);
-            let seeded = crate::engine::index::bloom::stream_hash("s-3");
+            let seeded = crate::index::bloom::stream_hash("s-3");
             let _ = table.find(seeded, 0, u64::MAX);
             Ok(())
         },
@@ -594,20 +595,20 @@ fn checkpoint_round_trips() {
     for seed in seed_checkpoints() {
         let decoded = checkpoint::decode(&seed, 64).unwrap();
         // The checkpoint encodes no file: segments whose files are never opened do.
-        let handles = Arc::new(crate::engine::handles::SegmentHandles::new(
+        let handles = Arc::new(crate::handles::SegmentHandles::new(
             Arc::new(MemoryStorage::new()),
             1,
         ));
-        let segments = crate::engine::state::Segments {
+        let segments = crate::state::Segments {
             store_id: decoded.store_id,
             list: decoded
                 .segments
                 .iter()
-                .map(|s| crate::engine::state::SegmentInfo {
+                .map(|s| crate::state::SegmentInfo {
                     number: s.number,
                     name: segment::file_name(s.number),
                     first_position: s.first_position,
-                    file: crate::engine::handles::SegmentFile::new(s.number, handles.clone()),
+                    file: crate::handles::SegmentFile::new(s.number, handles.clone()),
                     sparse: s.sparse.clone(),
                     end_offset: s.end_offset,
                     end_position: s.end_position,
@@ -631,7 +632,7 @@ fn checkpoint_round_trips() {
             again.index.recent.iter().collect::<Vec<_>>(),
             decoded.index.recent.iter().collect::<Vec<_>>()
         );
-        let runs = |index: &crate::engine::index::Index| {
+        let runs = |index: &crate::index::Index| {
             let mut runs: Vec<(u32, String, u64, Vec<u32>)> = index
                 .memtables
                 .iter()
@@ -722,12 +723,12 @@ fn fuzz_store_files() {
         damaged_store(),
         |damaged: DamagedStore| {
             let storage = damaged.build();
-            let _ = crate::engine::verify(&storage, |_, _| {});
+            let _ = crate::verify(&storage, |_, _| {});
             let Ok(engine) = Engine::open_storage(Arc::new(storage), small_options()) else {
                 return Ok(());
             };
             opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let store = Store::from_engine(engine);
+            let store = engine;
             rt.block_on(async {
                 let _ = store
                     .read_all(ReadAllOptions::forwards().limit(10_000))
@@ -747,11 +748,16 @@ fn fuzz_store_files() {
                     let _ = store
                         .read_stream(&stream, ReadStreamOptions::backwards().limit(2))
                         .await;
-                    let _ = store.stream_metadata(&stream).await;
+                    let _ = store
+                        .read_stream(
+                            &crate::stream::metastream(&stream),
+                            ReadStreamOptions::backwards().limit(1),
+                        )
+                        .await;
                 }
                 let _ = store.stats().await;
-                let _ = store.close().await;
             });
+            let _ = store.close();
             Ok(())
         },
     );

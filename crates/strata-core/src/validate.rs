@@ -8,7 +8,7 @@ use crate::metadata::StreamMetadata;
 use crate::store::AppendRequest;
 use crate::stream;
 
-use crate::engine::index::METADATA_EVENT_TYPE;
+use crate::stream::METADATA_EVENT_TYPE;
 
 /// Checks every part of an append against the limits and naming rules.
 pub fn append(requests: &[AppendRequest], limits: &Limits) -> Result<(), InvalidInput> {

@@ -1,11 +1,25 @@
-//! The embedded engine: a segmented, checksummed log written by one group-committing
-//! writer, with derived in-memory indexes.
+//! # strata-engine
+//!
+//! strata's embedded storage engine: a segmented, checksummed log written by one
+//! group-committing writer, with derived indexes (stream heads in memory, event locations
+//! in per-segment tables on disk), recovery, a scrubber and `verify`. It implements
+//! [`strata_core::store::EventStore`]; users reach it through the `strata` crate, which
+//! re-exports it as `strata::engine`.
 //!
 //! Data flows one way: an append is validated by the caller's task, planned and written
 //! by the `writer`, and only once durable does it reach the [`index`], the published
 //! head, and then the readers (`reader`) and subscriptions.
 
+#![warn(missing_docs)]
+
+// The core types under the names the engine's modules use (`crate::error::…`,
+// `crate::ExpectedRevision`): the engine sits on `strata-core` and nothing else of
+// strata. The engine's own modules (`scrub`) shadow core's of the same name.
+#[allow(unused_imports)]
+pub(crate) use strata_core::*;
+
 pub mod format;
+mod frames;
 mod handles;
 pub mod index;
 mod indexer;
@@ -38,7 +52,6 @@ use crate::store::{
     AppendRequest, AppendResult, Direction, EventStore, ListStreamsOptions, PageEnd,
     ReadAllOptions, ReadAllPage, ReadStreamOptions, StoreStats, StreamInfo,
 };
-use crate::{stream, ExpectedRevision};
 use format::record::RecordView;
 use index::checkpoint;
 use io::{DirStorage, Storage};
@@ -48,7 +61,7 @@ use writer::{Command, Part, PartKind, Writer};
 pub use index::IndexStats;
 pub use options::{Durability, Options};
 pub use recovery::{IndexSource, OpenReport, TruncatedTail};
-pub use scrub::{ScrubDamage, ScrubStatus};
+pub use strata_core::scrub::{ScrubDamage, ScrubStatus};
 pub use verify::{verify, VerifyReport};
 
 /// Reads are served in pages of at most this many events, each on the blocking pool
@@ -275,7 +288,7 @@ impl Engine {
                 )
             };
             let file = file.open()?;
-            let flow = reader::for_each_frame(&*file, &name, offset.into(), end.into(), |frame| {
+            let flow = frames::for_each_frame(&*file, &name, offset.into(), end.into(), |frame| {
                 if frame.header.end_position() <= from.0 {
                     return Ok(ControlFlow::Continue(()));
                 }
@@ -587,13 +600,41 @@ impl EventStore for Engine {
     }
 }
 
+/// Conveniences the engine's own tests use (users get them from `strata::Store`).
+#[cfg(test)]
+impl Engine {
+    /// Appends `events` to `stream` if it is in the `expected` state.
+    pub(crate) async fn append(
+        &self,
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+        events: Vec<crate::EventData>,
+    ) -> Result<AppendResult, AppendError> {
+        let request = AppendRequest::new(stream, expected, events);
+        let mut results = self.append_multi(vec![request]).await?;
+        Ok(results.swap_remove(0))
+    }
+
+    /// Replaces a stream's metadata.
+    pub(crate) async fn set_stream_metadata(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        metadata: &crate::StreamMetadata,
+    ) -> Result<AppendResult, AppendError> {
+        let event = crate::write::metadata_event(metadata);
+        self.append(stream::metastream(stream), expected, vec![event])
+            .await
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a test panics on a failed expectation
 mod tests {
     use super::*;
-    use crate::engine::index::bloom::stream_hash;
-    use crate::engine::index::table::{self, Entry, Table};
-    use crate::engine::io::MemoryStorage;
+    use crate::index::bloom::stream_hash;
+    use crate::index::table::{self, Entry, Table};
+    use crate::io::MemoryStorage;
     use crate::EventData;
 
     /// Tables key streams by a 64-bit hash. Two streams that share it in one table must

@@ -23,7 +23,7 @@ impl ExpectedRevision {
     /// Whether a stream in state `current` meets this expectation.
     ///
     /// ```
-    /// use strata::{CurrentRevision, ExpectedRevision};
+    /// use strata_core::{CurrentRevision, ExpectedRevision};
     /// assert!(ExpectedRevision::NoStream.is_satisfied_by(CurrentRevision::NoStream));
     /// assert!(!ExpectedRevision::Exact(1).is_satisfied_by(CurrentRevision::Current(2)));
     /// ```

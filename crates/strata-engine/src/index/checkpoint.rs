@@ -51,9 +51,9 @@ use uuid::Uuid;
 
 use super::heads::TOMBSTONE_BIT;
 use super::{Heads, Index, Location, Memtable, StreamId};
-use crate::engine::format::{u16_at, u32_at, u64_at};
-use crate::engine::state::Segments;
+use crate::format::{u16_at, u32_at, u64_at};
 use crate::metadata::StreamMetadata;
+use crate::state::Segments;
 
 /// The checkpoint's file name.
 pub const FILE_NAME: &str = "index.ckpt";
@@ -389,7 +389,7 @@ fn decode_heads_v2_v3(
 
 /// Writes a checkpoint crash-atomically: to a temporary file, synced, renamed into place,
 /// and the directory synced.
-pub fn write(storage: &dyn crate::engine::io::Storage, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write(storage: &dyn crate::io::Storage, bytes: &[u8]) -> std::io::Result<()> {
     match storage.remove(TEMP_FILE_NAME) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
         _ => {}

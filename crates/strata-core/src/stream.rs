@@ -9,6 +9,11 @@ pub const SYSTEM_PREFIX: char = '$';
 /// The prefix of a metadata stream: the metadata of `orders-1` lives in `$$orders-1`.
 pub const METASTREAM_PREFIX: &str = "$$";
 
+/// The event type of a metadata event (in a `$$stream`).
+pub const METADATA_EVENT_TYPE: &str = "$metadata";
+/// The event type of a tombstone (in the stream it deletes).
+pub const TOMBSTONE_EVENT_TYPE: &str = "$streamDeleted";
+
 /// The name that stands for the global log in reads and subscriptions.
 pub const ALL_STREAM: &str = "$all";
 
@@ -16,9 +21,9 @@ pub const ALL_STREAM: &str = "$all";
 /// (the whole name if there is none).
 ///
 /// ```
-/// assert_eq!(strata::stream::category("order-42"), "order");
-/// assert_eq!(strata::stream::category("order-42-x"), "order");
-/// assert_eq!(strata::stream::category("inbox"), "inbox");
+/// assert_eq!(strata_core::stream::category("order-42"), "order");
+/// assert_eq!(strata_core::stream::category("order-42-x"), "order");
+/// assert_eq!(strata_core::stream::category("inbox"), "inbox");
 /// ```
 pub fn category(stream: &str) -> &str {
     stream

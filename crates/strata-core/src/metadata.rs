@@ -19,7 +19,7 @@ pub const ACL_KEYS: [&str; 5] = ["$r", "$w", "$d", "$mr", "$mw"];
 /// space they free is reclaimed later.
 ///
 /// ```
-/// use strata::StreamMetadata;
+/// use strata_core::StreamMetadata;
 /// let meta = StreamMetadata { max_count: Some(10), ..StreamMetadata::default() };
 /// let json = meta.to_json();
 /// assert_eq!(json["$maxCount"], 10);

@@ -102,7 +102,9 @@ impl std::fmt::Debug for Subscription {
 }
 
 impl Subscription {
-    pub(crate) fn all(
+    /// A catch-up subscription to the global log of `store`, from `from`, delivering
+    /// the events `filter` lets through.
+    pub fn all(
         store: Arc<dyn EventStore>,
         from: SubscribeFrom<Position>,
         filter: Filter,
@@ -127,7 +129,8 @@ impl Subscription {
         }
     }
 
-    pub(crate) fn stream(
+    /// A catch-up subscription to `stream` of `store`, from `from`.
+    pub fn stream(
         store: Arc<dyn EventStore>,
         stream: &str,
         from: SubscribeFrom<u64>,

@@ -21,6 +21,14 @@ pub struct ScrubStatus {
     /// The first [`ScrubStatus::DAMAGE_LIST_MAX`] distinct damage reports, in the order
     /// found.
     pub damage: Vec<ScrubDamage>,
+    /// Bytes of segment table entry blocks checked and found intact, over all passes
+    /// (not in `bytes_verified`, which counts the log).
+    #[serde(default)]
+    pub table_bytes_verified: u64,
+    /// Damaged segment tables found and rebuilt from their segments (a table is derived
+    /// data: its damage costs nothing once rebuilt, so it is not in `damage`).
+    #[serde(default)]
+    pub tables_repaired: u64,
 }
 
 impl ScrubStatus {

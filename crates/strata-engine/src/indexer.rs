@@ -84,6 +84,24 @@ fn build_one(
     table_handles: &Arc<SegmentHandles>,
     number: u32,
 ) -> Result<(), StorageError> {
+    if shared.index().tables.contains_key(&number) {
+        return Ok(());
+    }
+    build_and_install(shared, table_handles, number)
+}
+
+/// Writes segment `number`'s table again from the segment, over a damaged one, and puts
+/// it in place (the scrubber's repair). Readers holding the old table read the new file
+/// from then on: a table is a function of its segment, so its blocks are where they were.
+pub fn rebuild(shared: &Shared, number: u32) -> Result<(), StorageError> {
+    build_and_install(shared, &shared.table_handles.clone(), number)
+}
+
+fn build_and_install(
+    shared: &Shared,
+    table_handles: &Arc<SegmentHandles>,
+    number: u32,
+) -> Result<(), StorageError> {
     let (segment_len, store_id) = {
         let segments = shared.segments();
         let last = segments.list.last().map(|s| s.number);
@@ -93,9 +111,6 @@ fn build_one(
             _ => return Ok(()),
         }
     };
-    if shared.index().tables.contains_key(&number) {
-        return Ok(());
-    }
     let table = table::build(
         &*shared.storage,
         &shared.handles,
@@ -104,6 +119,8 @@ fn build_one(
         store_id,
         segment_len,
     )?;
+    // The file was renamed over any older one: an open handle would still read that.
+    table_handles.forget(number);
     tracing::debug!(
         segment = number,
         entries = table.entries,

@@ -19,6 +19,11 @@
 //! [`StorageError::Corrupt`] on their own. The segment being written is never scrubbed.
 //! A segment that is removed or changed while it is checked is skipped, not reported.
 //!
+//! After the segments, each pass checks the segment tables' entry blocks against their
+//! checksums, at the same rate. A table is derived data: a damaged one is rebuilt from
+//! its segment at once and counted in [`ScrubStatus::tables_repaired`], so that reads
+//! needing its damaged blocks stop failing without a restart.
+//!
 //! [`Options::scrub_interval`]: super::Options::scrub_interval
 //! [`Options::scrub_bytes_per_second`]: super::Options::scrub_bytes_per_second
 
@@ -31,6 +36,8 @@ use strata_core::scrub::{ScrubDamage, ScrubStatus};
 
 use super::format::segment::{self, SegmentHeader};
 use super::handles::SegmentFile;
+use super::index::table::{self, Table};
+use super::indexer;
 use super::io::{read_exact_at, StorageFile};
 use super::recovery::{check_sealed_frames, SealedExtent};
 use super::state::Shared;
@@ -266,6 +273,9 @@ fn run(shared: &Shared, control: &Control) {
                 return;
             }
         }
+        if let Checked::Stopped = check_tables(shared, control, &mut pacer, chunk) {
+            return;
+        }
         let passes = {
             let mut state = control.lock();
             state.status.passes += 1;
@@ -330,6 +340,51 @@ fn check_segment(
             }
         }
     }
+}
+
+/// Checks every segment table's entry blocks, and rebuilds a damaged table from its
+/// segment.
+fn check_tables(shared: &Shared, control: &Control, pacer: &mut Pacer, chunk: usize) -> Checked {
+    let tables: Vec<Arc<Table>> = shared.index().tables.values().cloned().collect();
+    let blocks_per_read = chunk / table::BLOCK_BYTES;
+    for table in tables {
+        if control.stopping() {
+            return Checked::Stopped;
+        }
+        let checked = table.verify_blocks(blocks_per_read, |bytes| {
+            control.lock().status.table_bytes_verified += bytes;
+            match pacer.after(bytes) {
+                Some(due) => control.wait_until(Some(due)),
+                None => !control.stopping(),
+            }
+        });
+        match checked {
+            Ok(true) => {}
+            Ok(false) => return Checked::Stopped,
+            Err(error @ StorageError::Corrupt { .. }) => {
+                tracing::warn!(
+                    segment = table.segment,
+                    %error,
+                    "segment table damaged: rebuilding it from its segment"
+                );
+                match indexer::rebuild(shared, table.segment) {
+                    Ok(()) => control.lock().status.tables_repaired += 1,
+                    Err(error) => tracing::warn!(
+                        segment = table.segment,
+                        %error,
+                        "could not rebuild a damaged segment table; reads that need its \
+                         damaged blocks fail until the next open rebuilds it"
+                    ),
+                }
+            }
+            Err(error) => tracing::warn!(
+                segment = table.segment,
+                %error,
+                "could not read a segment table to check it"
+            ),
+        }
+    }
+    Checked::Done
 }
 
 /// Checks the segment's header: intact, and naming this segment of this store.

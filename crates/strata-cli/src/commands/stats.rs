@@ -52,6 +52,12 @@ fn scrub_line(scrub: Option<&strata::ScrubStatus>, served: bool) -> String {
             found => format!("DAMAGE FOUND in {found} place(s)"),
         }
     );
+    if scrub.tables_repaired > 0 {
+        line.push_str(&format!(
+            ", {} damaged segment table(s) rebuilt",
+            scrub.tables_repaired
+        ));
+    }
     if let Some(segment) = scrub.current_segment {
         line.push_str(&format!(", checking segment {segment}"));
     }

@@ -50,6 +50,8 @@ pub const HEADER_LEN: usize = 64;
 pub const ENTRY_LEN: usize = 20;
 /// Entries per block (one fence and one checksum each).
 pub const BLOCK_ENTRIES: usize = 128;
+/// Bytes of a full entry block.
+pub const BLOCK_BYTES: usize = BLOCK_ENTRIES * ENTRY_LEN;
 const FENCE_LEN: usize = 20;
 
 /// The file name of segment `number`'s table.
@@ -121,6 +123,46 @@ impl Table {
             + self.bloom.size_bytes() as u64
             + self.fences.len() as u64 * FENCE_LEN as u64
             + 4
+    }
+
+    /// Checks every entry block against its checksum, `blocks_per_read` blocks per file
+    /// read, calling `paced` with the bytes of each read (the scrubber sleeps there to
+    /// keep its rate; `false` stops the check). The rest of the file (bloom filter,
+    /// fences) was checked when the table was loaded and is used from memory since.
+    /// Returns whether every block was checked.
+    pub fn verify_blocks(
+        &self,
+        blocks_per_read: usize,
+        mut paced: impl FnMut(u64) -> bool,
+    ) -> Result<bool, StorageError> {
+        let name = file_name(self.segment);
+        let blocks_per_read = blocks_per_read.max(1);
+        let mut block = 0;
+        while block < self.fences.len() {
+            let last = (block + blocks_per_read).min(self.fences.len());
+            let first_entry = block * BLOCK_ENTRIES;
+            let entries = (self.entries as usize).min(last * BLOCK_ENTRIES) - first_entry;
+            let mut bytes = vec![0u8; entries * ENTRY_LEN];
+            let at = (HEADER_LEN + first_entry * ENTRY_LEN) as u64;
+            let file = self.handles.file(self.segment)?;
+            read_exact_at(&*file, &mut bytes, at)
+                .map_err(|e| StorageError::io("read", &name, e))?;
+            drop(file);
+            for (i, chunk) in bytes.chunks(BLOCK_ENTRIES * ENTRY_LEN).enumerate() {
+                if crc32c::crc32c(chunk) != self.fences[block + i].crc {
+                    return Err(StorageError::corrupt(
+                        &name,
+                        at + (i * BLOCK_ENTRIES * ENTRY_LEN) as u64,
+                        "table block checksum mismatch",
+                    ));
+                }
+            }
+            if !paced(bytes.len() as u64) {
+                return Ok(false);
+            }
+            block = last;
+        }
+        Ok(true)
     }
 
     /// Whether the table may hold events of streams hashing to `hash`.

@@ -638,9 +638,9 @@ fn checkpoint_round_trips() {
                 .iter()
                 .flat_map(|(&segment, m)| {
                     m.runs()
-                        .map(move |(id, first, offsets)| {
+                        .map(move |(id, run)| {
                             let name = index.heads.name(id).to_owned();
-                            (segment, name, first, offsets.to_vec())
+                            (segment, name, run.first_revision(), run.offsets().collect())
                         })
                         .collect::<Vec<_>>()
                 })

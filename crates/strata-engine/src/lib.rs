@@ -661,7 +661,7 @@ mod tests {
                 let id = index.heads.id(name).unwrap();
                 index.memtables[&1]
                     .run(id)
-                    .map(|(_, offsets)| offsets[0])
+                    .and_then(|run| run.offset(0))
                     .unwrap()
             };
             (at("b"), at("a"))

@@ -145,11 +145,11 @@ pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
     for (&segment, memtable) in &index.memtables {
         out.extend_from_slice(&segment.to_le_bytes());
         out.extend_from_slice(&(memtable.streams() as u64).to_le_bytes());
-        for (id, first_revision, offsets) in memtable.runs() {
+        for (id, run) in memtable.runs() {
             out.extend_from_slice(&id.0.to_le_bytes());
-            out.extend_from_slice(&first_revision.to_le_bytes());
-            out.extend_from_slice(&(offsets.len() as u32).to_le_bytes());
-            for offset in offsets {
+            out.extend_from_slice(&run.first_revision().to_le_bytes());
+            out.extend_from_slice(&(run.len() as u32).to_le_bytes());
+            for offset in run.offsets() {
                 out.extend_from_slice(&offset.to_le_bytes());
             }
         }

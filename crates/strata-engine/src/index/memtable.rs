@@ -16,11 +16,47 @@ pub struct Memtable {
     events: u64,
 }
 
-/// Consecutive revisions of one stream in the segment.
+/// Consecutive revisions of one stream in the segment, and where each lies.
+///
+/// The first offset is kept in place: most streams have one event in a segment (a
+/// segment holds ~1 M events of as many streams), and a `Vec` of one would cost an
+/// allocation (~32 B with the allocator's header) per stream. An empty `Vec` allocates
+/// nothing.
 #[derive(Debug)]
-struct Run {
+pub struct Run {
     first_revision: u64,
-    offsets: Vec<u32>,
+    first_offset: u32,
+    more_offsets: Vec<u32>,
+}
+
+impl Run {
+    /// The revision of the first event.
+    pub fn first_revision(&self) -> u64 {
+        self.first_revision
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        1 + self.more_offsets.len()
+    }
+
+    /// Whether the run is empty (never: a run has at least one event).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The offset of the `i`th event of the run.
+    pub fn offset(&self, i: usize) -> Option<u32> {
+        match i {
+            0 => Some(self.first_offset),
+            _ => self.more_offsets.get(i - 1).copied(),
+        }
+    }
+
+    /// The offsets, in revision order.
+    pub fn offsets(&self) -> impl Iterator<Item = u32> + '_ {
+        std::iter::once(self.first_offset).chain(self.more_offsets.iter().copied())
+    }
 }
 
 impl Memtable {
@@ -38,12 +74,12 @@ impl Memtable {
         &mut self,
         stream: StreamId,
         first_revision: u64,
-        offsets: impl ExactSizeIterator<Item = u32>,
+        mut offsets: impl ExactSizeIterator<Item = u32>,
     ) -> Result<(), Inconsistent> {
         let count = offsets.len() as u64;
         match self.streams.get_mut(&stream) {
             Some(run) => {
-                let next = run.first_revision + run.offsets.len() as u64;
+                let next = run.first_revision + run.len() as u64;
                 if next != first_revision {
                     return Err(Inconsistent(format!(
                         "stream #{} continues at revision {first_revision} in a \
@@ -51,14 +87,18 @@ impl Memtable {
                         stream.0
                     )));
                 }
-                run.offsets.extend(offsets);
+                run.more_offsets.extend(offsets);
             }
             None => {
+                let Some(first_offset) = offsets.next() else {
+                    return Ok(());
+                };
                 self.streams.insert(
                     stream,
                     Run {
                         first_revision,
-                        offsets: offsets.collect(),
+                        first_offset,
+                        more_offsets: offsets.collect(),
                     },
                 );
             }
@@ -71,20 +111,17 @@ impl Memtable {
     pub fn get(&self, stream: StreamId, revision: u64) -> Option<u32> {
         let run = self.streams.get(&stream)?;
         let at = revision.checked_sub(run.first_revision)?;
-        run.offsets.get(usize::try_from(at).ok()?).copied()
+        run.offset(usize::try_from(at).ok()?)
     }
 
-    /// The run of `stream` in this segment: its first revision and the offsets.
-    pub fn run(&self, stream: StreamId) -> Option<(u64, &[u32])> {
-        let run = self.streams.get(&stream)?;
-        Some((run.first_revision, &run.offsets))
+    /// The run of `stream` in this segment.
+    pub fn run(&self, stream: StreamId) -> Option<&Run> {
+        self.streams.get(&stream)
     }
 
-    /// Each stream's run: name, first revision, offsets.
-    pub fn runs(&self) -> impl Iterator<Item = (StreamId, u64, &[u32])> {
-        self.streams
-            .iter()
-            .map(|(&id, run)| (id, run.first_revision, run.offsets.as_slice()))
+    /// Each stream's run.
+    pub fn runs(&self) -> impl Iterator<Item = (StreamId, &Run)> {
+        self.streams.iter().map(|(&id, run)| (id, run))
     }
 
     /// Events it locates.
@@ -99,7 +136,7 @@ impl Memtable {
             + self
                 .streams
                 .values()
-                .map(|run| run.offsets.capacity() * 4)
+                .map(|run| run.more_offsets.capacity() * 4)
                 .sum::<usize>()
     }
 
@@ -126,5 +163,13 @@ mod tests {
         assert_eq!(memtable.get(a, 6), None);
         assert_eq!(memtable.get(b, 0), None);
         assert_eq!(memtable.events(), 3);
+        let run = memtable.run(a).expect("a has a run");
+        assert_eq!(run.offsets().collect::<Vec<_>>(), vec![10, 20, 30]);
+        assert_eq!((run.first_revision(), run.len()), (3, 3));
+        assert!(
+            memtable.add(b, 0, std::iter::empty()).is_ok(),
+            "nothing to add"
+        );
+        assert!(memtable.run(b).is_none());
     }
 }

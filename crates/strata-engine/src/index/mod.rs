@@ -26,7 +26,7 @@ use crate::metadata::StreamMetadata;
 use crate::stream;
 
 pub use heads::{Heads, StreamEntry, StreamId};
-pub use memtable::Memtable;
+pub use memtable::{Memtable, Run};
 pub use recent::RecentIds;
 use table::Table;
 
@@ -198,14 +198,16 @@ impl Index {
             };
         };
         for (&segment, memtable) in &self.memtables {
-            let Some((first, offsets)) = memtable.run(id) else {
+            let Some(run) = memtable.run(id) else {
                 continue;
             };
+            let first = run.first_revision();
             let from = first.max(low);
-            let to = (first + offsets.len() as u64).min(high);
+            let to = (first + run.len() as u64).min(high);
             for revision in from..to {
-                let offset = offsets[(revision - first) as usize];
-                known[(revision - low) as usize] = Some(Location::new(segment, offset));
+                if let Some(offset) = run.offset((revision - first) as usize) {
+                    known[(revision - low) as usize] = Some(Location::new(segment, offset));
+                }
             }
         }
         let tables = if known.iter().all(Option::is_some) {

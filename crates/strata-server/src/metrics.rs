@@ -88,6 +88,10 @@ pub struct Metrics {
     /// Distinct damage the scrubber found (sampled at scrape): anything above 0 wants
     /// an operator.
     pub scrub_damage: Counter<u64, AtomicU64>,
+    /// Bytes of segment table blocks the scrubber verified (sampled at scrape).
+    pub scrub_table_bytes: Counter<u64, AtomicU64>,
+    /// Damaged segment tables the scrubber rebuilt (sampled at scrape).
+    pub scrub_tables_repaired: Counter<u64, AtomicU64>,
 }
 
 impl Metrics {
@@ -110,6 +114,8 @@ impl Metrics {
         let scrub_bytes = Counter::<u64, AtomicU64>::default();
         let scrub_passes = Counter::<u64, AtomicU64>::default();
         let scrub_damage = Counter::<u64, AtomicU64>::default();
+        let scrub_table_bytes = Counter::<u64, AtomicU64>::default();
+        let scrub_tables_repaired = Counter::<u64, AtomicU64>::default();
         registry.register("appends", "Append requests", appends.clone());
         registry.register(
             "events_appended",
@@ -171,6 +177,16 @@ impl Metrics {
             "Distinct damage the background scrubber found in sealed segments",
             scrub_damage.clone(),
         );
+        registry.register(
+            "scrub_table_bytes",
+            "Bytes of segment table blocks the background scrubber verified",
+            scrub_table_bytes.clone(),
+        );
+        registry.register(
+            "scrub_tables_repaired",
+            "Damaged segment tables the background scrubber rebuilt from their segments",
+            scrub_tables_repaired.clone(),
+        );
         Metrics {
             registry,
             appends,
@@ -186,6 +202,8 @@ impl Metrics {
             scrub_bytes,
             scrub_passes,
             scrub_damage,
+            scrub_table_bytes,
+            scrub_tables_repaired,
         }
     }
 
@@ -197,6 +215,8 @@ impl Metrics {
             (&self.scrub_bytes, status.bytes_verified),
             (&self.scrub_passes, status.passes),
             (&self.scrub_damage, status.damage_found),
+            (&self.scrub_table_bytes, status.table_bytes_verified),
+            (&self.scrub_tables_repaired, status.tables_repaired),
         ] {
             counter.inner().fetch_max(value, Ordering::Relaxed);
         }

@@ -1220,6 +1220,10 @@ async fn the_scrubber_shows_in_stats_metrics_and_the_openapi_document() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(metric(&metrics, "strata_scrub_damage_total"), Some(0));
+    assert_eq!(
+        metric(&metrics, "strata_scrub_tables_repaired_total"),
+        Some(0)
+    );
 
     let (status, stats) = server.get("/stats").await;
     assert_eq!(status, StatusCode::OK);
@@ -1261,6 +1265,8 @@ async fn a_scrubber_that_is_off_is_null_in_stats_and_zero_in_metrics() {
         "strata_scrub_bytes_total",
         "strata_scrub_passes_total",
         "strata_scrub_damage_total",
+        "strata_scrub_table_bytes_total",
+        "strata_scrub_tables_repaired_total",
     ] {
         assert_eq!(metric(&metrics, name), Some(0), "{name} in:\n{metrics}");
     }

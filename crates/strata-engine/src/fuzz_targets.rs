@@ -629,6 +629,10 @@ fn checkpoint_round_trips() {
             assert_eq!(other.metadata, entry.metadata, "{name}");
         }
         assert_eq!(
+            *again.index.heads.name_order(),
+            *decoded.index.heads.name_order()
+        );
+        assert_eq!(
             again.index.recent.iter().collect::<Vec<_>>(),
             decoded.index.recent.iter().collect::<Vec<_>>()
         );

@@ -503,47 +503,51 @@ impl EventStore for Engine {
         &self,
         options: ListStreamsOptions,
     ) -> Result<Vec<StreamInfo>, ReadError> {
-        // One pass over the heads under the read lock, keeping only the `limit` smallest
-        // names in a heap: memory is bounded by the page, not by the store's streams.
-        let limit = options.limit.unwrap_or(usize::MAX);
-        let mut page: std::collections::BinaryHeap<(String, u64, u64)> =
-            std::collections::BinaryHeap::new();
-        if limit > 0 {
-            let index = self.shared.index();
-            for (_, name, entry) in index.heads.iter() {
-                let wanted = entry.next_revision > 0
-                    && !entry.tombstoned
-                    && !entry.is_deleted()
-                    && (options.include_system || !stream::is_system(name))
-                    && options
-                        .prefix
-                        .as_deref()
-                        .is_none_or(|p| name.starts_with(p))
-                    && options.after.as_deref().is_none_or(|a| name > a);
-                if !wanted || (page.len() >= limit && page.peek().is_some_and(|top| *top.0 < *name))
-                {
-                    continue;
-                }
-                let len = entry.next_revision;
-                let lowest = entry
-                    .metadata
-                    .as_deref()
-                    .map_or(0, |m| m.first_visible(len));
-                page.push((name.to_owned(), len - 1, len.saturating_sub(lowest)));
-                if page.len() > limit {
-                    page.pop();
-                }
+        // In name order from `after`: a page costs a binary search and the streams it
+        // passes over, not a walk of every stream. On the blocking pool: folding newly
+        // created streams into the name order is a merge over all of them.
+        let shared = self.shared.clone();
+        let page = tokio::task::spawn_blocking(move || {
+            let limit = options.limit.unwrap_or(usize::MAX);
+            let mut page = Vec::new();
+            if limit == 0 {
+                return page;
             }
-        }
-        Ok(page
-            .into_sorted_vec()
-            .into_iter()
-            .map(|(name, last_revision, visible_events)| StreamInfo {
-                name,
-                last_revision,
-                visible_events,
-            })
-            .collect())
+            let index = shared.index();
+            let heads = &index.heads;
+            heads.visit_by_name(
+                options.after.as_deref(),
+                options.prefix.as_deref(),
+                |id, name| {
+                    if !options.include_system && stream::is_system(name) {
+                        return ControlFlow::Continue(());
+                    }
+                    let entry = heads.entry(id);
+                    if entry.next_revision == 0 || entry.tombstoned || entry.is_deleted() {
+                        return ControlFlow::Continue(());
+                    }
+                    let len = entry.next_revision;
+                    let lowest = entry
+                        .metadata
+                        .as_deref()
+                        .map_or(0, |m| m.first_visible(len));
+                    page.push(StreamInfo {
+                        name: name.to_owned(),
+                        last_revision: len - 1,
+                        visible_events: len.saturating_sub(lowest),
+                    });
+                    if page.len() >= limit {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            );
+            page
+        })
+        .await
+        .map_err(|_| ReadError::Storage(StorageError::Closed))?;
+        Ok(page)
     }
 
     async fn delete_stream(

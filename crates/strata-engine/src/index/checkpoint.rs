@@ -19,6 +19,8 @@
 //!     u64 next revision each, with the top bit set for a tombstoned stream (n of them)
 //! u64 count of streams with metadata, then (u32 stream id, u32 length, metadata JSON)
 //!     each, ids increasing
+//! u64 count k, then u32 stream id each: the ids 0..k in name order (for listing
+//!     streams a page at a time; newer ids are sorted when first listed)
 //! u32 memtable count, then per memtable:
 //!     u32 segment number, u64 run count, then per run:
 //!         u32 stream id, u64 first revision, u32 count, then u32 offset each
@@ -100,7 +102,7 @@ pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
     let memtable_events: u64 = index.memtables.values().map(Memtable::events).sum();
     let capacity = 64usize
         .saturating_add((memtable_events as usize).saturating_mul(4))
-        .saturating_add(index.heads.len().saturating_mul(10))
+        .saturating_add(index.heads.len().saturating_mul(14))
         .saturating_add(index.heads.name_bytes());
     let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(MAGIC);
@@ -141,6 +143,12 @@ pub fn encode(segments: &Segments, index: &Index) -> Vec<u8> {
         out.extend_from_slice(&(json.len() as u32).to_le_bytes());
         out.extend_from_slice(json.as_bytes());
     }
+    let order = heads.name_order();
+    out.extend_from_slice(&(order.len() as u64).to_le_bytes());
+    for id in order.iter() {
+        out.extend_from_slice(&id.0.to_le_bytes());
+    }
+    drop(order);
     out.extend_from_slice(&(index.memtables.len() as u32).to_le_bytes());
     for (&segment, memtable) in &index.memtables {
         out.extend_from_slice(&segment.to_le_bytes());
@@ -328,6 +336,13 @@ fn decode_heads(c: &mut Cursor<'_>, index: &mut Index) -> Result<(), &'static st
         let metadata = StreamMetadata::from_slice(c.take(len)?).map_err(|_| "invalid metadata")?;
         index.heads.set_metadata(id, Some(Arc::new(metadata)));
     }
+    let ordered = c.count(true, 4)?;
+    let order = c.take(ordered * 4)?;
+    let order = order
+        .chunks_exact(4)
+        .map(|id| StreamId(u32_at(id, 0)))
+        .collect();
+    index.heads.set_name_order(order)?;
     Ok(())
 }
 

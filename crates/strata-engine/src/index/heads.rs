@@ -23,7 +23,8 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::HashTable;
 
@@ -82,7 +83,17 @@ pub struct Heads {
     hasher: std::collections::hash_map::RandomState,
     /// Metadata of the streams that have some.
     metadata: HashMap<StreamId, Arc<StreamMetadata>>,
+    /// The ids `0..k` in name order, for listing streams a page at a time. Ids from `k`
+    /// on (streams created since) are not in it: a listing sorts those few and merges
+    /// them in, and folds them into the order once they are more than
+    /// [`NAME_ORDER_SLACK`] or an eighth of it. Behind a lock of its own so that
+    /// listings, which hold the index for reading, can fold.
+    name_order: Mutex<Vec<StreamId>>,
 }
+
+/// Streams created since the name order was last folded that a listing sorts on the
+/// fly before it folds them in (or an eighth of the order, if more).
+const NAME_ORDER_SLACK: usize = 4096;
 
 /// The name of `id` in an arena (a free function so that the hash table can rehash while
 /// it is borrowed mutably).
@@ -297,6 +308,85 @@ impl Heads {
         Ok(heads)
     }
 
+    /// Calls `visit` with each stream whose name sorts after `after` and starts with
+    /// `prefix`, in name order, until it breaks. Costs a binary search and the streams
+    /// visited, plus a sort of the streams created since the order was last folded (at
+    /// most an eighth of them, or [`NAME_ORDER_SLACK`]).
+    pub fn visit_by_name(
+        &self,
+        after: Option<&str>,
+        prefix: Option<&str>,
+        mut visit: impl FnMut(StreamId, &str) -> ControlFlow<()>,
+    ) {
+        let mut order = self.name_order();
+        let folded = order.len();
+        let mut newer: Vec<StreamId> = (folded..self.len()).map(|i| StreamId(i as u32)).collect();
+        newer.sort_unstable_by(|&a, &b| self.name(a).cmp(self.name(b)));
+        if newer.len() > NAME_ORDER_SLACK.max(folded / 8) {
+            *order = merge_by_name(self, &order, &newer);
+            newer.clear();
+        }
+        let start = |ids: &[StreamId]| {
+            let after_start = after.map_or(0, |a| ids.partition_point(|&id| self.name(id) <= a));
+            let prefix_start = prefix.map_or(0, |p| ids.partition_point(|&id| self.name(id) < p));
+            after_start.max(prefix_start)
+        };
+        let (mut old, mut new) = (order[start(&order)..].iter(), newer[start(&newer)..].iter());
+        let (mut a, mut b) = (old.next(), new.next());
+        loop {
+            let id = match (a, b) {
+                (Some(&x), Some(&y)) if self.name(x) <= self.name(y) => {
+                    a = old.next();
+                    x
+                }
+                (_, Some(&y)) => {
+                    b = new.next();
+                    y
+                }
+                (Some(&x), None) => {
+                    a = old.next();
+                    x
+                }
+                (None, None) => return,
+            };
+            let name = self.name(id);
+            // Names with a prefix are contiguous in name order: the first without it
+            // ends them.
+            if prefix.is_some_and(|p| !name.starts_with(p)) {
+                return;
+            }
+            if visit(id, name).is_break() {
+                return;
+            }
+        }
+    }
+
+    /// The ids in name order as far as it is folded (what a checkpoint saves).
+    pub fn name_order(&self) -> MutexGuard<'_, Vec<StreamId>> {
+        // A listing that panicked left a valid order (it is replaced whole).
+        self.name_order.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the name order read from a checkpoint: the ids `0..k` sorted by name, each
+    /// once. Refused (and the order left to be built) if it is not.
+    pub fn set_name_order(&mut self, order: Vec<StreamId>) -> Result<(), &'static str> {
+        if order.len() > self.len() {
+            return Err("name order longer than the streams");
+        }
+        let mut seen = vec![false; order.len()];
+        for &id in &order {
+            match seen.get_mut(id.index()) {
+                Some(seen) if !*seen => *seen = true,
+                _ => return Err("name order is not a permutation"),
+            }
+        }
+        if order.windows(2).any(|w| self.name(w[0]) >= self.name(w[1])) {
+            return Err("name order not sorted");
+        }
+        *self.name_order.get_mut().unwrap_or_else(|p| p.into_inner()) = order;
+        Ok(())
+    }
+
     /// Bytes of name arena: what a checkpoint needs to size its buffer.
     pub fn name_bytes(&self) -> usize {
         self.names.len()
@@ -309,7 +399,26 @@ impl Heads {
             + self.revisions.capacity() * 8
             + self.by_name.capacity() * (std::mem::size_of::<StreamId>() + 1)
             + self.metadata.len() * 64
+            + self.name_order().capacity() * std::mem::size_of::<StreamId>()
     }
+}
+
+/// `old` and `new` (each sorted by name, no name in both) merged in name order.
+fn merge_by_name(heads: &Heads, old: &[StreamId], new: &[StreamId]) -> Vec<StreamId> {
+    let mut merged = Vec::with_capacity(old.len() + new.len());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() && j < new.len() {
+        if heads.name(old[i]) <= heads.name(new[j]) {
+            merged.push(old[i]);
+            i += 1;
+        } else {
+            merged.push(new[j]);
+            j += 1;
+        }
+    }
+    merged.extend_from_slice(&old[i..]);
+    merged.extend_from_slice(&new[j..]);
+    merged
 }
 
 #[cfg(test)]
@@ -394,6 +503,89 @@ mod tests {
             parts(&[0xc3, 0xa9], &[1, 1], 2).is_err(),
             "a name cut inside a char"
         );
+    }
+
+    fn listed(
+        heads: &Heads,
+        after: Option<&str>,
+        prefix: Option<&str>,
+        limit: usize,
+    ) -> Vec<String> {
+        let mut names = Vec::new();
+        heads.visit_by_name(after, prefix, |_, name| {
+            names.push(name.to_owned());
+            if names.len() == limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        names
+    }
+
+    #[test]
+    fn listing_by_name_pages_in_order_while_streams_keep_coming() {
+        let mut heads = Heads::default();
+        let mut all: Vec<String> = Vec::new();
+        // Inserted in a scrambled order, in rounds, listing between rounds: some
+        // listings see a folded order plus a few newer streams, some fold.
+        for round in 0..6u64 {
+            for i in 0..3000u64 {
+                let n = (i * 7919 + round * 104_729) % 1_000_003;
+                let name = format!("s-{n:07}-{round}");
+                heads.id_or_insert(&name);
+                all.push(name);
+            }
+            all.sort();
+            all.dedup();
+            let mut paged = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = listed(&heads, after.as_deref(), None, 1000);
+                if page.is_empty() {
+                    break;
+                }
+                after = page.last().cloned();
+                paged.extend(page);
+            }
+            assert_eq!(paged, all, "round {round}");
+        }
+        let with_prefix: Vec<String> = all
+            .iter()
+            .filter(|n| n.starts_with("s-00"))
+            .cloned()
+            .collect();
+        assert_eq!(listed(&heads, None, Some("s-00"), usize::MAX), with_prefix);
+        assert_eq!(
+            listed(&heads, Some(&with_prefix[10]), Some("s-00"), 5),
+            with_prefix[11..16].to_vec()
+        );
+        assert!(listed(&heads, None, Some("t"), usize::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_saved_name_order_is_checked_before_it_is_used() {
+        let mut heads = Heads::default();
+        for name in ["c", "a", "b"] {
+            heads.id_or_insert(name);
+        }
+        let ids = |v: &[u32]| v.iter().map(|&i| StreamId(i)).collect::<Vec<_>>();
+        // Ids: c = 0, a = 1, b = 2.
+        assert!(heads.set_name_order(ids(&[0, 1])).is_err(), "c before a");
+        assert!(heads.set_name_order(ids(&[1, 1])).is_err(), "a twice");
+        assert!(
+            heads.set_name_order(ids(&[0, 2])).is_err(),
+            "not the ids 0..2"
+        );
+        assert!(
+            heads.set_name_order(ids(&[1, 2, 0, 0])).is_err(),
+            "longer than the streams"
+        );
+        // A prefix of the ids: the newer ones (b) are merged in by a listing.
+        assert!(heads.set_name_order(ids(&[1, 0])).is_ok());
+        assert_eq!(listed(&heads, None, None, 10), vec!["a", "b", "c"]);
+        assert!(heads.set_name_order(ids(&[1, 2, 0])).is_ok());
+        assert_eq!(listed(&heads, Some("a"), None, 10), vec!["b", "c"]);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
 use crate::commands::append::AppendArgs;
+use crate::commands::certs::CertsCommand;
 use crate::commands::export::ExportArgs;
 use crate::commands::import::ImportArgs;
 use crate::commands::read::ReadArgs;
@@ -100,6 +101,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve the store over gRPC (KurrentDB-compatible) and HTTP/JSON.
     Serve(ServeArgs),
+    /// Make TLS certificates: a CA, and node certificates signed by it.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// One measurement of `bench --only scale`, run in a fresh process by the benchmark
     /// itself (prints JSON). Not for direct use.
     #[command(name = "bench-scale-probe", hide = true)]
@@ -148,6 +152,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             bench::run(data, args).await
         }
         Command::BenchScaleProbe(args) => bench_scale::probe(args).await,
+        Command::Certs(command) => Ok(commands::certs::run(command)?),
         Command::Serve(args) => {
             let json_logs = cli.log_format == logging::LogFormat::Json;
             commands::serve::run(&target, args, json_logs).await

@@ -100,6 +100,13 @@ impl TestServer {
         headers: &[(&str, &str)],
     ) -> hyper::Response<Incoming> {
         let mut request = Request::builder().method(method).uri(self.uri(path));
+        // Writes must declare JSON (a cross-site form post cannot append).
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
+            request = request.header("content-type", "application/json");
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

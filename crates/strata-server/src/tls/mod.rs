@@ -6,6 +6,9 @@
 //! [`reload`]: the files read again on a timer, so a renewed certificate is used
 //! without a restart. [`connection`]: the handshake of each accepted connection, and
 //! what it tells handlers about the client (its verified certificate chain).
+//!
+//! The guide below is `docs/security.md`, included so that its example is compiled.
+#![doc = include_str!("../../../../docs/security.md")]
 
 pub mod config;
 pub mod connection;

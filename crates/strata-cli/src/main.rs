@@ -100,7 +100,8 @@ pub enum Command {
     /// Measure append and read throughput.
     Bench(BenchArgs),
     /// Serve the store over gRPC (KurrentDB-compatible) and HTTP/JSON.
-    Serve(ServeArgs),
+    // Boxed: its options are far larger than any other command's.
+    Serve(Box<ServeArgs>),
     /// Make TLS certificates: a CA, and node certificates signed by it.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -155,7 +156,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Certs(command) => Ok(commands::certs::run(command)?),
         Command::Serve(args) => {
             let json_logs = cli.log_format == logging::LogFormat::Json;
-            commands::serve::run(&target, args, json_logs).await
+            commands::serve::run(&target, *args, json_logs).await
         }
     }
 }

@@ -58,7 +58,7 @@ impl AllowedHosts {
                 return true;
             }
         }
-        self.names.iter().any(|allowed| *allowed == name)
+        self.names.contains(&name)
     }
 }
 

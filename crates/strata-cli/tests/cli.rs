@@ -1128,7 +1128,7 @@ fn serve_logs_json_lines_with_request_ids() {
     let mut stream = std::net::TcpStream::connect(&http).unwrap();
     write!(
         stream,
-        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Request-Id: trace-me-42\r\n\r\n"
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Request-Id: trace-me-42\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();

@@ -978,6 +978,7 @@ async fn sse_live_all_has_no_gap_or_duplicate_across_the_handover() {
         for i in 0..150 {
             let body = json!({"type": "E", "data": i}).to_string();
             let request = Request::post(uri.as_str())
+                .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body)))
                 .unwrap();
             let response = client.request(request).await.unwrap();

@@ -522,3 +522,101 @@ async fn certificate_files_that_do_not_load_fail_bind_with_a_typed_error() {
         }
     }
 }
+
+/// The verified client chain reaches HTTP handlers (for the authentication to come):
+/// the HTTP connection server, run here with a router that reports what it sees.
+#[tokio::test]
+async fn http_handlers_see_the_clients_verified_certificate_chain() {
+    use axum::routing::get;
+    use axum::Extension;
+    use strata_server::http::serve::{serve, HttpConnectionSettings};
+    use strata_server::net::accept::RefusalAnswer;
+    use strata_server::net::watch::WatchPolicy;
+    use strata_server::net::{Acceptor, ConnectionLimits};
+    use strata_server::state::ServerState;
+    use strata_server::tls::TlsSession;
+
+    let ca = Ca::new("test CA");
+    let files = Files::new(&ca);
+    let reloader = Arc::new(TlsReloader::load(files.options()).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_kill_all, killed) = tokio::sync::watch::channel(false);
+    let policy = WatchPolicy {
+        first_byte_timeout: Duration::from_secs(10),
+        write_stall_timeout: Duration::from_secs(10),
+    };
+    let acceptor = Acceptor::new(
+        listener,
+        ConnectionLimits::new(16, 16),
+        policy,
+        RefusalAnswer::Close,
+        killed,
+    );
+    let router = axum::Router::new().route(
+        "/whoami",
+        get(|session: Option<Extension<TlsSession>>| async move {
+            match session {
+                None => "plain".to_owned(),
+                Some(Extension(session)) => format!(
+                    "certificates={}",
+                    session.peer_certificates.map_or(0, |chain| chain.len())
+                ),
+            }
+        }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (shutdown, signal) = tokio::sync::watch::channel(false);
+    let state = ServerState::new(
+        strata::Store::open(dir.path()).unwrap(),
+        ServerOptions::default(),
+        signal,
+    );
+    let settings = HttpConnectionSettings {
+        header_read_timeout: Duration::from_secs(10),
+    };
+    let serving = tokio::spawn(serve(acceptor, router, settings, state, Some(reloader)));
+
+    let (client_cert, client_key) = ca.client();
+    for (identity, expected) in [
+        (None, "certificates=0"),
+        (Some((client_cert, client_key)), "certificates=1"),
+    ] {
+        for alpn in [&b"h2"[..], b"http/1.1"] {
+            let config = client_config(&ca.pem, &[alpn], identity.clone());
+            let (status, _, body) = https_get(addr, config, "/whoami", "localhost")
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, expected.as_bytes());
+        }
+    }
+    shutdown.send(true).unwrap();
+    serving.await.unwrap();
+}
+
+/// gRPC handlers see each TLS connection's own address (through `TlsConnectInfo`):
+/// the per-connection subscription limit counts each connection apart, as in the clear.
+#[tokio::test]
+async fn grpc_handlers_see_each_tls_connection_apart() {
+    let ca = Ca::new("test CA");
+    let files = Files::new(&ca);
+    let server = start(ServerOptions {
+        max_subscriptions_per_connection: 1,
+        ..loopback_options(Transport::Tls(files.options()))
+    })
+    .await;
+    let subscribe = || requests::subscribe_all(strata::SubscribeFrom::Start);
+    let mut first = grpc_client(server.grpc, client_config(&ca.pem, &[b"h2"], None))
+        .await
+        .unwrap();
+    let mut second = grpc_client(server.grpc, client_config(&ca.pem, &[b"h2"], None))
+        .await
+        .unwrap();
+    let _one = first.read(subscribe()).await.unwrap();
+    let _two = second.read(subscribe()).await.unwrap();
+    let status = first.read(subscribe()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    drop((_one, _two));
+    server.stop().await;
+}

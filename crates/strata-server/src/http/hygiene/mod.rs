@@ -14,11 +14,13 @@ pub mod cors;
 pub mod host;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::http::error::ApiError;
 use crate::options::ServerOptions;
 
 /// The HTTP hygiene rules of one server.
@@ -49,7 +51,7 @@ impl Hygiene {
 pub async fn guard(State(hygiene): State<Arc<Hygiene>>, request: Request, next: Next) -> Response {
     if let Some(hosts) = &hygiene.hosts {
         if let Err(error) = hosts.check(&request) {
-            return error.into_response();
+            return refuse(request, error).await;
         }
     }
     let origin = hygiene.cors.allowed_origin(request.headers());
@@ -57,7 +59,23 @@ pub async fn guard(State(hygiene): State<Arc<Hygiene>>, request: Request, next: 
         return cors::preflight(&request, origin);
     }
     if let Err(error) = content_type::check(&request) {
-        return cors::decorate(error.into_response(), origin);
+        return cors::decorate(refuse(request, error).await, origin);
     }
     cors::decorate(next.run(request).await, origin)
+}
+
+/// Most bytes of a refused request's body read before answering.
+const REFUSED_BODY_DRAIN_BYTES_MAX: usize = 64 * 1024;
+
+/// Longest a refused request's body is waited for before answering.
+const REFUSED_BODY_DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// Answers `error` after reading what the client sends of its (small) body: on HTTP/2
+/// an answer that ends the stream while the client is still sending resets it, and
+/// some clients (curl) then drop the answer too and report a protocol error.
+async fn refuse(request: Request, error: ApiError) -> Response {
+    let body = axum::body::to_bytes(request.into_body(), REFUSED_BODY_DRAIN_BYTES_MAX);
+    // Too large or too slow: answer anyway; the client may miss it, nothing else.
+    let _ = tokio::time::timeout(REFUSED_BODY_DRAIN_WAIT, body).await;
+    error.into_response()
 }

@@ -261,6 +261,8 @@ pub async fn run(target: &Target, args: ServeArgs, json_logs: bool) -> Result<()
     };
     fit_connections_to_open_file_limit(&mut options, segment_files);
     let server = Server::bind(store, options).await?;
+    // Before the banners: whoever reads them may stop the server at once.
+    let shutdown = shutdown_signal();
     let store_place = match &target.postgres {
         Some(_) => "on PostgreSQL".to_owned(),
         None => format!("in {}", target.data.display()),
@@ -284,7 +286,7 @@ pub async fn run(target: &Target, args: ServeArgs, json_logs: bool) -> Result<()
         let scheme = if tls { "https" } else { "http" };
         banner(json_logs, format!("HTTP listening on {scheme}://{addr}"));
     }
-    server.run_until(shutdown_signal()).await?;
+    server.run_until(shutdown).await?;
     banner(
         json_logs,
         "stopped cleanly (store synced and closed)".to_owned(),
@@ -389,26 +391,37 @@ fn raise_open_file_limit() -> Option<u64> {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+///
+/// The handlers are installed here, when it is called, not when the future is first
+/// polled: `run_until` starts the listeners before it polls the signal, and a SIGTERM
+/// in between (a supervisor stopping a server that already answered) would otherwise
+/// kill the process without a clean shutdown.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
+                // No handler could be installed: fall back to tokio's Ctrl-C.
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

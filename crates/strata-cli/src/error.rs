@@ -98,6 +98,9 @@ pub enum CliError {
         /// What was wrong.
         message: String,
     },
+    /// A certificate could not be made (`strata certs`).
+    #[error("certs: {0}")]
+    Certs(#[from] crate::commands::certs::CertsError),
     /// The server could not start or failed.
     #[error("server: {0}")]
     Server(#[from] strata_server::ServerError),

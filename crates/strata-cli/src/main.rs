@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::BenchArgs;
 use crate::commands::append::AppendArgs;
+use crate::commands::certs::CertsCommand;
 use crate::commands::export::ExportArgs;
 use crate::commands::import::ImportArgs;
 use crate::commands::read::ReadArgs;
@@ -99,7 +100,11 @@ pub enum Command {
     /// Measure append and read throughput.
     Bench(BenchArgs),
     /// Serve the store over gRPC (KurrentDB-compatible) and HTTP/JSON.
-    Serve(ServeArgs),
+    // Boxed: its options are far larger than any other command's.
+    Serve(Box<ServeArgs>),
+    /// Make TLS certificates: a CA, and node certificates signed by it.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// One measurement of `bench --only scale`, run in a fresh process by the benchmark
     /// itself (prints JSON). Not for direct use.
     #[command(name = "bench-scale-probe", hide = true)]
@@ -148,9 +153,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             bench::run(data, args).await
         }
         Command::BenchScaleProbe(args) => bench_scale::probe(args).await,
+        Command::Certs(command) => Ok(commands::certs::run(command)?),
         Command::Serve(args) => {
             let json_logs = cli.log_format == logging::LogFormat::Json;
-            commands::serve::run(&target, args, json_logs).await
+            commands::serve::run(&target, *args, json_logs).await
         }
     }
 }

@@ -705,7 +705,7 @@ fn serve_starts_refuses_a_second_instance_and_stops_cleanly_on_sigterm() {
     let mut stream = std::net::TcpStream::connect(&http).unwrap();
     write!(
         stream,
-        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -886,7 +886,7 @@ fn every_subcommand_has_help() {
     let (_dir, data) = store_dir();
     for command in [
         "append", "read", "tail", "streams", "stats", "verify", "export", "import", "bench",
-        "serve",
+        "serve", "certs",
     ] {
         let help = ok(&data, &[command, "--help"]);
         assert!(help.contains("Usage: strata"), "{command}: {help}");
@@ -1128,7 +1128,7 @@ fn serve_logs_json_lines_with_request_ids() {
     let mut stream = std::net::TcpStream::connect(&http).unwrap();
     write!(
         stream,
-        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Request-Id: trace-me-42\r\n\r\n"
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Request-Id: trace-me-42\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();

@@ -17,6 +17,13 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// A listener address is not loopback, and the transport is neither TLS nor
+    /// insecure.
+    #[error(transparent)]
+    NotLoopback(#[from] crate::tls::NotLoopback),
+    /// The TLS certificate files do not load.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The gRPC server failed while running.
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),

@@ -16,7 +16,7 @@
 //! Layout: [`server`] binds the listeners and runs them until shutdown; [`grpc`] holds
 //! one file per KurrentDB service; [`http`] the JSON API; [`persistent`] the
 //! competing-consumer subscription groups both APIs share; [`metrics`] what
-//! `GET /metrics` reports.
+//! `GET /metrics` reports; [`tls`] the transport modes and TLS (see `docs/security.md`).
 
 #![warn(missing_docs)]
 
@@ -31,7 +31,9 @@ pub mod proto;
 pub mod server;
 pub mod slots;
 pub mod state;
+pub mod tls;
 
 pub use error::ServerError;
 pub use options::{NodeLeases, ServerOptions};
 pub use server::Server;
+pub use tls::{TlsOptions, Transport};

@@ -1,11 +1,14 @@
-//! What `strata serve` can be told: addresses, resource limits, and the leases that
-//! spread persistent subscriptions over the nodes sharing one database.
+//! What `strata serve` can be told: addresses, the transport mode (TLS), HTTP hygiene,
+//! resource limits, and the leases that spread persistent subscriptions over the nodes
+//! sharing one database.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use strata::lease::Leases;
+
+pub use crate::tls::{TlsOptions, Transport};
 
 /// The default gRPC address (KurrentDB's port).
 pub const DEFAULT_GRPC_ADDR: SocketAddr =
@@ -25,6 +28,15 @@ pub struct ServerOptions {
     pub grpc: Option<SocketAddr>,
     /// Where the HTTP API listens (`None`: no HTTP).
     pub http: Option<SocketAddr>,
+    /// TLS, insecure, or loopback only (the default: a non-loopback address is then
+    /// refused by [`Server::bind`](crate::Server::bind)).
+    pub transport: Transport,
+    /// Host names the HTTP API answers to when it is not over TLS, besides loopback
+    /// addresses and `localhost`: any other `Host` is refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://app.example.com`) whose pages may call the HTTP API from a
+    /// browser (CORS). Empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
     /// Largest HTTP request body accepted, in bytes (413 above it).
     pub max_request_body: usize,
     /// Largest gRPC message accepted, in bytes (`RESOURCE_EXHAUSTED` above it).
@@ -113,6 +125,9 @@ impl Default for ServerOptions {
         ServerOptions {
             grpc: Some(DEFAULT_GRPC_ADDR),
             http: Some(DEFAULT_HTTP_ADDR),
+            transport: Transport::LoopbackOnly,
+            allowed_hosts: Vec::new(),
+            cors_origins: Vec::new(),
             max_request_body: 64 * 1024 * 1024,
             max_grpc_message: 64 * 1024 * 1024,
             max_subscriptions_per_connection: 128,

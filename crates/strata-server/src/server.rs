@@ -16,6 +16,7 @@ use crate::net::watch::WatchPolicy;
 use crate::net::Acceptor;
 use crate::options::ServerOptions;
 use crate::state::ServerState;
+use crate::tls::{TlsReloader, Transport};
 
 /// A server whose listeners are bound, ready to run.
 ///
@@ -27,6 +28,8 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     grpc: Option<(SocketAddr, TcpListener)>,
     http: Option<(SocketAddr, TcpListener)>,
+    /// The TLS configuration and its files, in TLS mode.
+    tls: Option<Arc<TlsReloader>>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(SocketAddr, TcpListener), ServerError> {
@@ -41,7 +44,21 @@ async fn bind(addr: SocketAddr) -> Result<(SocketAddr, TcpListener), ServerError
 
 impl Server {
     /// Binds the listeners `options` asks for, serving `store`.
+    ///
+    /// Fails with [`ServerError::NotLoopback`] before binding anything when an address
+    /// is not loopback and the transport is [`Transport::LoopbackOnly`], and with
+    /// [`ServerError::Tls`] when the certificate files of [`Transport::Tls`] do not load.
     pub async fn bind(store: Store, mut options: ServerOptions) -> Result<Server, ServerError> {
+        if let Some(addr) = options.grpc {
+            options.transport.check_bind("gRPC", addr)?;
+        }
+        if let Some(addr) = options.http {
+            options.transport.check_bind("HTTP", addr)?;
+        }
+        let tls = match options.transport.tls() {
+            Some(tls) => Some(Arc::new(TlsReloader::load(tls.clone())?)),
+            None => None,
+        };
         let grpc = match options.grpc {
             Some(addr) => Some(bind(addr).await?),
             None => None,
@@ -59,7 +76,14 @@ impl Server {
             shutdown,
             grpc,
             http,
+            tls,
         })
+    }
+
+    /// The TLS configuration in use, in TLS mode (to check the files at once rather
+    /// than wait for the reload timer).
+    pub fn tls(&self) -> Option<&Arc<TlsReloader>> {
+        self.tls.as_ref()
     }
 
     /// Where the gRPC API listens, if it is on.
@@ -94,9 +118,28 @@ impl Server {
             shutdown,
             grpc,
             http,
+            tls,
         } = self;
         let options = Arc::clone(&state.options);
-        tracing::info!(grpc = ?options.grpc, http = ?options.http, "serving");
+        tracing::info!(
+            grpc = ?options.grpc,
+            http = ?options.http,
+            transport = options.transport.name(),
+            "serving"
+        );
+        if options.transport == Transport::Insecure {
+            tracing::warn!(
+                grpc = ?options.grpc,
+                http = ?options.http,
+                transport = options.transport.name(),
+                "insecure mode: no TLS, traffic is unencrypted and anyone who can reach \
+                 these addresses can read and write every stream"
+            );
+        }
+        let reload = tls.as_ref().map(|reloader| {
+            let stop = state.clone();
+            tokio::spawn(Arc::clone(reloader).watch(async move { stop.shutting_down().await }))
+        });
         let limits = Arc::clone(&state.connections);
         let policy = WatchPolicy {
             first_byte_timeout: options.first_byte_timeout,
@@ -114,21 +157,40 @@ impl Server {
             );
             let router = crate::grpc::router(state.clone());
             let stop = state.clone();
-            tasks.spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(acceptor.into_stream(), async move {
-                        stop.shutting_down().await
-                    })
-                    .await
-                    .map_err(ServerError::Grpc)
-            });
+            let stopped = async move { stop.shutting_down().await };
+            match &tls {
+                Some(reloader) => {
+                    let incoming =
+                        crate::tls::connection::incoming_grpc(acceptor, Arc::clone(reloader));
+                    tasks.spawn(async move {
+                        router
+                            .serve_with_incoming_shutdown(incoming, stopped)
+                            .await
+                            .map_err(ServerError::Grpc)
+                    });
+                }
+                None => {
+                    tasks.spawn(async move {
+                        router
+                            .serve_with_incoming_shutdown(acceptor.into_stream(), stopped)
+                            .await
+                            .map_err(ServerError::Grpc)
+                    });
+                }
+            }
         }
         if let Some((_, listener)) = http {
             let acceptor = Acceptor::new(
                 listener,
                 Arc::clone(&limits),
                 policy,
-                RefusalAnswer::Http503,
+                // A plain-text 503 means nothing to a client that expects a TLS
+                // handshake: close instead.
+                if tls.is_some() {
+                    RefusalAnswer::Close
+                } else {
+                    RefusalAnswer::Http503
+                },
                 killed.clone(),
             );
             let router = crate::http::router(state.clone());
@@ -136,8 +198,9 @@ impl Server {
                 header_read_timeout: options.http_header_read_timeout,
             };
             let stop = state.clone();
+            let tls = tls.clone();
             tasks.spawn(async move {
-                crate::http::serve::serve(acceptor, router, settings, stop).await;
+                crate::http::serve::serve(acceptor, router, settings, stop, tls).await;
                 Ok(())
             });
         }
@@ -174,6 +237,9 @@ impl Server {
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
             }
+        }
+        if let Some(reload) = reload {
+            reload.abort();
         }
         // Persistent-subscription groups write their final checkpoints and let go of
         // the store, so that closing it below really closes (and syncs) it.

@@ -128,7 +128,7 @@ fn parse_answer(bytes: &[u8]) -> Answer {
 
 async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Answer {
     let text = format!(
-        "{method} {path} HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -232,7 +232,7 @@ async fn slowloris_headers_are_cut_off() {
     })
     .await;
     let mut socket = TcpStream::connect(server.http).await.unwrap();
-    let head = b"GET /health HTTP/1.1\r\nHost: strata\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let head = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
     // One byte every 50 ms: the head would take ~17 s to arrive; the header-read
     // timeout (500 ms) must end the connection long before.
     let mut sent = 0;
@@ -269,7 +269,7 @@ async fn idle_keep_alive_connections_are_closed() {
     .await;
     let mut socket = TcpStream::connect(server.http).await.unwrap();
     socket
-        .write_all(b"GET /health HTTP/1.1\r\nHost: strata\r\n\r\n")
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     // The answer comes, then the connection stays idle until the timeout closes it.
@@ -288,7 +288,7 @@ async fn a_trickled_body_gets_408() {
     let mut socket = TcpStream::connect(server.http).await.unwrap();
     socket
         .write_all(
-            b"POST /streams/s HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\
+            b"POST /streams/s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
               Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"type\":",
         )
         .await
@@ -389,7 +389,7 @@ async fn a_client_that_stops_reading_a_live_stream_is_disconnected() {
     }
     let mut socket = TcpStream::connect(server.http).await.unwrap();
     socket
-        .write_all(b"GET /streams/big/live?from=start HTTP/1.1\r\nHost: strata\r\n\r\n")
+        .write_all(b"GET /streams/big/live?from=start HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     // Never read: the server's writes stall, and it must let go of the connection
@@ -478,7 +478,7 @@ async fn request_ids_are_echoed() {
     let server = start_with(|_| {}).await;
     let answer = raw(
         server.http,
-        b"GET /health HTTP/1.1\r\nHost: strata\r\nConnection: close\r\nX-Request-Id: abc-123\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Request-Id: abc-123\r\n\r\n",
     )
     .await;
     assert_eq!(answer.header("x-request-id"), Some("abc-123"));
@@ -511,7 +511,10 @@ async fn shutdown_closes_connections_that_overrun_the_grace_period() {
     // A request whose body never finishes holds its connection through shutdown.
     let mut socket = TcpStream::connect(server.http).await.unwrap();
     socket
-        .write_all(b"POST /streams/s HTTP/1.1\r\nHost: strata\r\nContent-Length: 100\r\n\r\n{")
+        .write_all(
+            b"POST /streams/s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{",
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -541,7 +544,7 @@ const HOSTILE_VALUES: &[&str] = &[
 async fn probe(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String) {
     let mut socket = TcpStream::connect(addr).await.unwrap();
     let text = format!(
-        "{method} {target} HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -660,7 +663,7 @@ async fn hostile_query_parameters_get_clear_client_errors() {
     for id in ["18446744073709551615", "-1", "x"] {
         let mut socket = TcpStream::connect(server.http).await.unwrap();
         let text = format!(
-            "GET /streams/%24all/live HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\
+            "GET /streams/%24all/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
              Last-Event-ID: {id}\r\n\r\n"
         );
         socket.write_all(text.as_bytes()).await.unwrap();
@@ -760,7 +763,7 @@ async fn hostile_stream_names_and_bodies_get_clear_client_errors() {
         "\u{0}",
     ] {
         let text = format!(
-            "POST /streams/ct HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\
+            "POST /streams/ct HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
              Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{event}",
             event.len()
         );
@@ -785,7 +788,7 @@ async fn many_live_streams_are_bounded_and_released() {
     for _ in 0..20 {
         let mut socket = TcpStream::connect(server.http).await.unwrap();
         socket
-            .write_all(b"GET /streams/%24all/live HTTP/1.1\r\nHost: strata\r\n\r\n")
+            .write_all(b"GET /streams/%24all/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
         let mut head = vec![0u8; 4096];
@@ -915,7 +918,7 @@ async fn abandoned_scans_stop_on_both_apis() {
     let mut socket = TcpStream::connect(server.http).await.unwrap();
     socket
         .write_all(
-            b"GET /streams/%24all?stream=no-such-stream&limit=10 HTTP/1.1\r\nHost: strata\r\n\r\n",
+            b"GET /streams/%24all?stream=no-such-stream&limit=10 HTTP/1.1\r\nHost: localhost\r\n\r\n",
         )
         .await
         .unwrap();

@@ -1,6 +1,9 @@
 //! Acceptance: the official KurrentDB Python client (`kurrentdbclient` from PyPI, in a
 //! virtualenv this test creates) runs every script in `tests/python/` against a strata
-//! server — once over the embedded store and once over PostgreSQL.
+//! server — over the embedded store, over PostgreSQL, and over TLS with the client's
+//! usual connection string (`kurrentdb://admin:changeit@127.0.0.1:PORT?TlsCaFile=…`;
+//! the credentials are ignored until authentication exists), where a client trusting
+//! another CA must also fail (`tests/python/tls/wrong_ca.py`).
 //!
 //! Set `STRATA_SKIP_CLIENT_TESTS=1` to skip on a machine without Python or PyPI; the
 //! skip is printed, never silent. CI does not set it.
@@ -12,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use strata_server::{Server, ServerOptions};
+use strata_server::{Server, ServerOptions, TlsOptions, Transport};
 
 /// The client version the scripts are written against.
 const CLIENT: &str = "kurrentdbclient==1.3.5";
@@ -56,7 +59,12 @@ fn python() -> Option<PathBuf> {
 }
 
 fn scripts() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python");
+    scripts_in("tests/python")
+}
+
+/// The `.py` files of `dir` (relative to the crate), sorted.
+fn scripts_in(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut scripts: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -70,10 +78,23 @@ fn scripts() -> Vec<PathBuf> {
 /// Serves `store` on a free port, runs every script against it, then shuts the server
 /// down gracefully (which must succeed).
 async fn run_scripts(store: strata::Store) {
+    run_scripts_with(store, Transport::LoopbackOnly, |_| None, &[]).await;
+}
+
+/// As [`run_scripts`], over `transport`; `uri` gives the scripts' `STRATA_URI` for the
+/// bound gRPC address (`None`: the scripts' own plain-text one). `extra` are more
+/// scripts, each with its own `STRATA_URI`.
+async fn run_scripts_with(
+    store: strata::Store,
+    transport: Transport,
+    uri: impl Fn(std::net::SocketAddr) -> Option<String>,
+    extra: &[(PathBuf, String)],
+) {
     let Some(python) = python() else { return };
     let options = ServerOptions {
         grpc: Some("127.0.0.1:0".parse().unwrap()),
         http: None,
+        transport,
         ..ServerOptions::default()
     };
     let server = Server::bind(store, options).await.unwrap();
@@ -82,30 +103,17 @@ async fn run_scripts(store: strata::Store) {
     let running = tokio::spawn(server.run_until(async {
         let _ = stopped.await;
     }));
-    for script in scripts() {
-        let python = python.clone();
-        let script_path = script.clone();
-        let output = tokio::task::spawn_blocking(move || {
-            let mut child = Command::new(python)
-                .arg(&script_path)
-                .env("STRATA_GRPC", addr.to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            // Bounded: a hung subscription must fail the test, not CI's clock.
-            let deadline = Instant::now() + Duration::from_secs(240);
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            child.wait_with_output().unwrap()
-        })
-        .await
-        .unwrap();
+    let runs = scripts()
+        .into_iter()
+        .map(|script| (script, uri(addr)))
+        .chain(extra.iter().map(|(script, uri)| {
+            (
+                script.clone(),
+                Some(uri.replace("{addr}", &addr.to_string())),
+            )
+        }));
+    for (script, uri) in runs {
+        let output = run_script(python.clone(), script.clone(), addr, uri).await;
         let name = script.file_name().unwrap().to_string_lossy().to_string();
         println!("{name}: {}", String::from_utf8_lossy(&output.stdout));
         assert!(
@@ -118,6 +126,39 @@ async fn run_scripts(store: strata::Store) {
     }
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
+}
+
+/// Runs one script against `addr` (and `uri`, if given), bounded in time.
+async fn run_script(
+    python: PathBuf,
+    script: PathBuf,
+    addr: std::net::SocketAddr,
+    uri: Option<String>,
+) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(python);
+        command.arg(&script).env("STRATA_GRPC", addr.to_string());
+        if let Some(uri) = uri {
+            command.env("STRATA_URI", uri);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: a hung subscription must fail the test, not CI's clock.
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,4 +178,60 @@ async fn official_python_client_against_postgres() {
         .expect("PostgreSQL is needed for this test");
     let store = strata_postgres::connect(&url).await.unwrap();
     run_scripts(store).await;
+}
+
+/// A CA and a node certificate for 127.0.0.1 in `dir`: `ca.pem`, `node.pem`, `node.key`.
+fn make_certificates(dir: &Path, ca_name: &str) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let node_key = KeyPair::generate().unwrap();
+    let mut node = CertificateParams::default();
+    node.distinguished_name.push(DnType::CommonName, "node");
+    node.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let node_cert = node.signed_by(&node_key, &issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("node.pem"), node_cert.pem()).unwrap();
+    std::fs::write(dir.join("node.key"), node_key.serialize_pem()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_python_client_over_tls() {
+    if python().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let other = dir.path().join("other");
+    make_certificates(&certs, "strata test CA");
+    make_certificates(&other, "another CA");
+    let store = strata::Store::open(dir.path().join("data")).unwrap();
+    let transport = Transport::Tls(TlsOptions::new(
+        certs.join("node.pem"),
+        certs.join("node.key"),
+    ));
+    let ca = certs.join("ca.pem").display().to_string();
+    let wrong_ca = other.join("ca.pem").display().to_string();
+    let extra: Vec<(PathBuf, String)> = scripts_in("tests/python/tls")
+        .into_iter()
+        .map(|script| {
+            (
+                script,
+                format!("kurrentdb://admin:changeit@{{addr}}?TlsCaFile={wrong_ca}"),
+            )
+        })
+        .collect();
+    assert!(!extra.is_empty());
+    run_scripts_with(
+        store,
+        transport,
+        |addr| Some(format!("kurrentdb://admin:changeit@{addr}?TlsCaFile={ca}")),
+        &extra,
+    )
+    .await;
 }

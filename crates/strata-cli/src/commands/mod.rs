@@ -2,6 +2,7 @@
 //! filter options of the global log.
 
 pub mod append;
+pub mod certs;
 pub mod export;
 pub mod follow;
 pub mod import;

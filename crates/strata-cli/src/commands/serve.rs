@@ -6,13 +6,14 @@
 //! other nodes send its consumers there.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use strata::Store;
 use strata_postgres::{PostgresOptions, PostgresStore};
-use strata_server::{NodeLeases, Server, ServerOptions};
+use strata_server::{NodeLeases, Server, ServerOptions, TlsOptions, Transport};
 
 use crate::commands::{open_store_with, Target};
 use crate::error::CliError;
@@ -20,7 +21,8 @@ use crate::error::CliError;
 /// Options of `strata serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address of the gRPC API (KurrentDB clients connect here with `tls=false`).
+    /// Address of the gRPC API (KurrentDB clients connect here; with `tls=false`
+    /// unless the server has `--tls-cert`).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2113")]
     pub grpc: SocketAddr,
     /// Address of the HTTP/JSON API.
@@ -36,9 +38,67 @@ pub struct ServeArgs {
     /// persistent-subscription clients to (default: `--grpc`).
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
+    /// TLS, the insecure mode, and HTTP hygiene (the README's "Security" section).
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// Limits and timeouts for clients (the README's "Limits and timeouts" table).
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// How `strata serve` meets its clients. Without `--tls-cert/--tls-key` or
+/// `--insecure` it listens on loopback addresses only.
+#[derive(Debug, Args)]
+pub struct SecurityArgs {
+    /// The node's certificate chain (PEM) for TLS on both APIs; reloaded when the
+    /// file changes (see `strata certs`).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The node certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates are verified against; clients
+    /// may also connect without one.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// How often the TLS files are checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Serve without TLS on any address (a trusted network, or TLS ended by a proxy).
+    /// Traffic is then unencrypted.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"])]
+    pub insecure: bool,
+    /// A host name the HTTP API answers to when not over TLS, besides loopback
+    /// addresses and localhost (repeatable); other `Host` headers are refused.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+    /// An origin whose web pages may call the HTTP API (CORS), e.g.
+    /// `https://app.example.com` (repeatable; default: none).
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+}
+
+impl SecurityArgs {
+    /// The transport mode these flags ask for (clap has already refused contradictory
+    /// ones).
+    pub fn transport(&self) -> Transport {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Transport::Tls(TlsOptions {
+                ca: self.tls_ca.clone(),
+                reload_interval: self.tls_reload_interval,
+                ..TlsOptions::new(cert, key)
+            }),
+            _ if self.insecure => Transport::Insecure,
+            _ => Transport::LoopbackOnly,
+        }
+    }
+
+    /// Sets the transport and the HTTP hygiene options on `options`.
+    fn apply(&self, options: &mut ServerOptions) {
+        options.transport = self.transport();
+        options.allowed_hosts = self.allowed_hosts.clone();
+        options.cors_origins = self.cors_origins.clone();
+    }
 }
 
 /// Limits and timeouts of `strata serve`; durations as `10s`, `500ms`, `2m`. Their
@@ -194,32 +254,65 @@ pub async fn run(target: &Target, args: ServeArgs, json_logs: bool) -> Result<()
         ..ServerOptions::default()
     };
     args.limits.apply(&mut options);
+    args.security.apply(&mut options);
     let segment_files = match &target.postgres {
         Some(_) => 0,
         None => args.limits.segment_handles_max,
     };
     fit_connections_to_open_file_limit(&mut options, segment_files);
     let server = Server::bind(store, options).await?;
+    // Before the banners: whoever reads them may stop the server at once.
+    let shutdown = shutdown_signal();
     let store_place = match &target.postgres {
         Some(_) => "on PostgreSQL".to_owned(),
         None => format!("in {}", target.data.display()),
     };
     banner(json_logs, format!("store {store_place}"));
+    let transport = args.security.transport();
+    banner(json_logs, transport_line(&transport));
+    let tls = transport.tls().is_some();
     if let Some(addr) = server.grpc_addr() {
+        let connect = if tls {
+            format!("kurrentdb://{addr}?TlsCaFile=ca.pem")
+        } else {
+            format!("kurrentdb://{addr}?tls=false")
+        };
         banner(
             json_logs,
-            format!("gRPC listening on {addr} (KurrentDB clients: kurrentdb://{addr}?tls=false)"),
+            format!("gRPC listening on {addr} (KurrentDB clients: {connect})"),
         );
     }
     if let Some(addr) = server.http_addr() {
-        banner(json_logs, format!("HTTP listening on http://{addr}"));
+        let scheme = if tls { "https" } else { "http" };
+        banner(json_logs, format!("HTTP listening on {scheme}://{addr}"));
     }
-    server.run_until(shutdown_signal()).await?;
+    server.run_until(shutdown).await?;
     banner(
         json_logs,
         "stopped cleanly (store synced and closed)".to_owned(),
     );
     Ok(())
+}
+
+/// What the banner says of the transport mode.
+fn transport_line(transport: &Transport) -> String {
+    match transport {
+        Transport::Tls(tls) => format!(
+            "TLS on (certificate {}, reloaded when it changes{})",
+            tls.cert.display(),
+            match &tls.ca {
+                Some(ca) => format!("; client certificates checked against {}", ca.display()),
+                None => String::new(),
+            }
+        ),
+        Transport::Insecure => {
+            "WARNING: --insecure: no TLS, traffic is unencrypted and not authenticated".to_owned()
+        }
+        Transport::LoopbackOnly => {
+            "no TLS: loopback addresses only (--tls-cert/--tls-key for TLS, --insecure for any address)"
+                .to_owned()
+        }
+    }
 }
 
 /// A line for the person who started the server: plain on stderr, or a log event when
@@ -298,26 +391,37 @@ fn raise_open_file_limit() -> Option<u64> {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+///
+/// The handlers are installed here, when it is called, not when the future is first
+/// polled: `run_until` starts the listeners before it polls the signal, and a SIGTERM
+/// in between (a supervisor stopping a server that already answered) would otherwise
+/// kill the process without a clean shutdown.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
+                // No handler could be installed: fall back to tokio's Ctrl-C.
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -339,6 +443,7 @@ mod tests {
         let mut options = ServerOptions::default();
         let expected = format!("{options:?}");
         parsed.args.limits.apply(&mut options);
+        parsed.args.security.apply(&mut options);
         assert_eq!(format!("{options:?}"), expected);
 
         let mut engine = strata::Options::default();
@@ -361,6 +466,59 @@ mod tests {
         let expected = format!("{postgres:?}");
         parsed.args.limits.apply_to_postgres(&mut postgres);
         assert_eq!(format!("{postgres:?}"), expected);
+    }
+
+    #[test]
+    fn security_flags_choose_the_transport_and_refuse_contradictions() {
+        let tls = Serve::parse_from([
+            "serve",
+            "--tls-cert",
+            "n.pem",
+            "--tls-key",
+            "n.key",
+            "--tls-ca",
+            "ca.pem",
+            "--tls-reload-interval",
+            "250ms",
+            "--allowed-host",
+            "strata.internal",
+            "--cors-origin",
+            "https://app.example",
+            "--cors-origin",
+            "https://other.example",
+        ]);
+        let mut options = ServerOptions::default();
+        tls.args.security.apply(&mut options);
+        let strata_server::Transport::Tls(files) = &options.transport else {
+            panic!("expected TLS, got {:?}", options.transport);
+        };
+        assert_eq!(files.cert, std::path::Path::new("n.pem"));
+        assert_eq!(files.key, std::path::Path::new("n.key"));
+        assert_eq!(files.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(files.reload_interval, std::time::Duration::from_millis(250));
+        assert_eq!(options.allowed_hosts, ["strata.internal"]);
+        assert_eq!(options.cors_origins.len(), 2);
+
+        let insecure = Serve::parse_from(["serve", "--insecure"]);
+        assert_eq!(
+            insecure.args.security.transport(),
+            strata_server::Transport::Insecure
+        );
+        assert_eq!(
+            Serve::parse_from(["serve"]).args.security.transport(),
+            strata_server::Transport::LoopbackOnly
+        );
+        for contradiction in [
+            &["serve", "--insecure", "--tls-cert", "a", "--tls-key", "b"][..],
+            &["serve", "--tls-cert", "a"],
+            &["serve", "--tls-key", "b"],
+            &["serve", "--tls-ca", "c"],
+        ] {
+            assert!(
+                Serve::try_parse_from(contradiction).is_err(),
+                "{contradiction:?} must be refused"
+            );
+        }
     }
 
     #[test]

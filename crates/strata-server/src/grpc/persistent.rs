@@ -622,7 +622,7 @@ impl PersistentSubscriptions for PersistentService {
         request: Request<Streaming<ps::ReadReq>>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         use read_req::options::{uuid_option, StreamOption};
-        let peer = request.remote_addr();
+        let peer = crate::tls::client_address(&request);
         let mut inbound = request.into_inner();
         let first = tokio::select! {
             first = inbound.message() => first?.ok_or_else(|| missing("options"))?,

@@ -81,6 +81,33 @@ pub enum ApiError {
         /// The path asked for.
         path: String,
     },
+    /// A write's body is not declared as JSON (a cross-site form post, say).
+    #[error(
+        "{method} requests must have `Content-Type: application/json` (found: {})",
+        found.as_deref().unwrap_or("none")
+    )]
+    UnsupportedMediaType {
+        /// The request's method.
+        method: String,
+        /// The `Content-Type` the request had.
+        found: Option<String>,
+    },
+    /// The `Host` header names neither a loopback address, `localhost`, nor an allowed
+    /// host, on a server that is not over TLS (a DNS-rebinding page, say).
+    #[error(
+        "the Host {host:?} is not allowed: without TLS this server answers only to loopback \
+         addresses, localhost and the names given with --allowed-host"
+    )]
+    HostNotAllowed {
+        /// The host named.
+        host: String,
+    },
+    /// A CORS preflight from an origin that is not allowed.
+    #[error("cross-origin requests from {origin:?} are not allowed (see --cors-origin)")]
+    CorsOriginNotAllowed {
+        /// The requesting page's origin.
+        origin: String,
+    },
 }
 
 impl ApiError {
@@ -128,6 +155,13 @@ impl ApiError {
             }
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
+            ApiError::UnsupportedMediaType { .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::HostNotAllowed { .. } => (StatusCode::FORBIDDEN, "host_not_allowed"),
+            ApiError::CorsOriginNotAllowed { .. } => {
+                (StatusCode::FORBIDDEN, "cors_origin_not_allowed")
+            }
         };
         (status, code, extra)
     }

@@ -8,6 +8,7 @@
 
 pub mod append;
 pub mod error;
+pub mod hygiene;
 pub mod json;
 pub mod live;
 pub mod metadata;
@@ -41,6 +42,10 @@ pub fn router(state: ServerState) -> Router {
     let body_limit = DefaultBodyLimit::max(state.options.max_request_body);
     let http = HttpState { state };
     let trace = axum::middleware::from_fn_with_state(http.clone(), trace::trace);
+    let hygiene = axum::middleware::from_fn_with_state(
+        std::sync::Arc::new(hygiene::Hygiene::new(&http.state.options)),
+        hygiene::guard,
+    );
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -60,6 +65,8 @@ pub fn router(state: ServerState) -> Router {
         .route("/streams/{stream}/live", get(live::live))
         .fallback(no_route)
         .layer(body_limit)
+        // Inside `trace`, so refused requests are logged and counted like others.
+        .layer(hygiene)
         .layer(trace)
         .with_state(http)
 }

@@ -56,7 +56,8 @@ def new_events(kind, count):
     return [NewEvent(type=kind, data=f'{{"n": {n}}}'.encode()) for n in range(count)]
 
 
-client = KurrentDBClient(uri=f"kurrentdb://{ADDR}?tls=false")
+# STRATA_URI, when set, is the whole connection string (TLS runs set it).
+client = KurrentDBClient(uri=os.environ.get("STRATA_URI", f"kurrentdb://{ADDR}?tls=false"))
 
 # --- create, exists -----------------------------------------------------------------
 jobs = f"ps-jobs-{RUN}"

@@ -43,7 +43,8 @@ def event(kind, n):
     return NewEvent(type=kind, data=f'{{"n": {n}}}'.encode(), metadata=b'{"run": "' + RUN.encode() + b'"}')
 
 
-client = KurrentDBClient(uri=f"kurrentdb://{ADDR}?tls=false")
+# STRATA_URI, when set, is the whole connection string (TLS runs set it).
+client = KurrentDBClient(uri=os.environ.get("STRATA_URI", f"kurrentdb://{ADDR}?tls=false"))
 
 # --- append: new stream, exact revision, wrong revision --------------------------------
 orders = f"order-{RUN}"

@@ -41,7 +41,7 @@ impl Streams for StreamsService {
     type BatchAppendStream = ResponseStream<BatchAppendResp>;
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
-        let peer = request.remote_addr();
+        let peer = crate::tls::client_address(&request);
         let stream = read::read(self.state.clone(), peer, request.into_inner())?;
         Ok(Response::new(stream))
     }

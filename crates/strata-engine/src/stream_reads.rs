@@ -1,7 +1,8 @@
 //! Reads of one stream: a bounded page, honouring the stream's metadata.
 //!
 //! Blocking (index lookups may read segment tables, records are read from segments):
-//! the engine runs these on the blocking pool, never on the async runtime.
+//! the engine runs these off the async runtime (`off_runtime`), never on its cores
+//! while other tasks wait.
 
 use super::index;
 use super::reader;

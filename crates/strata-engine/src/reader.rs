@@ -288,9 +288,7 @@ pub fn read_revisions(
     low: u64,
     lookup: &Lookup,
 ) -> Result<Vec<RecordedEvent>, StorageError> {
-    let candidates = lookup.resolve(false)?;
-    if candidates.iter().all(|c| c.len() == 1) {
-        let locations: Vec<Location> = candidates.iter().map(|c| c[0]).collect();
+    if let Some(locations) = lookup.resolve_unique()? {
         let mismatch = std::cell::Cell::new(false);
         let read = read_checked(shared, &locations, |at, view| {
             if view.stream == stream && view.revision == low + at as u64 {

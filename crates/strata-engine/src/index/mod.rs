@@ -259,6 +259,35 @@ pub struct Lookup {
 }
 
 impl Lookup {
+    /// The one location of each revision, `low` first, if every revision has exactly
+    /// one candidate (the common case, which allocates one vector instead of one per
+    /// revision); `None` if any has none or several (the caller then asks
+    /// [`Lookup::resolve`] for every candidate).
+    pub fn resolve_unique(&self) -> Result<Option<Vec<Location>>, StorageError> {
+        let mut found = self.known.clone();
+        for table in &self.tables {
+            let first = found.iter().position(Option::is_none);
+            let last = found.iter().rposition(Option::is_none);
+            let (Some(first), Some(last)) = (first, last) else {
+                break;
+            };
+            let low = self.low + first as u64;
+            let high = self.low + last as u64 + 1;
+            for entry in table.find(self.hash, low, high)? {
+                let at = (entry.revision - self.low) as usize;
+                if self.known[at].is_some() {
+                    continue;
+                }
+                if found[at].is_some() {
+                    // A second candidate: a stream sharing the name's hash.
+                    return Ok(None);
+                }
+                found[at] = Some(Location::new(table.segment, entry.offset));
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
     /// The candidate locations of each revision, `low` first: one per revision, unless
     /// `exhaustive`, when every table is searched and a revision may get candidates of
     /// other streams sharing the name's hash (the caller reads the records to tell).

@@ -26,6 +26,7 @@ use std::hash::BuildHasher;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 
 use crate::metadata::StreamMetadata;
@@ -294,16 +295,19 @@ impl Heads {
             let id = StreamId(u32::try_from(i).map_err(|_| "too many streams")?);
             let name = name_in(names, starts, id);
             let hash = hasher.hash_one(name);
-            if heads
-                .by_name
-                .find(hash, |&other| name_in(names, starts, other) == name)
-                .is_some()
-            {
-                return Err("a stream appears twice");
+            // One probe sequence finds a duplicate or the free slot (the table was sized
+            // above, so the rehash closure is never called here).
+            let slot = heads.by_name.entry(
+                hash,
+                |&other| name_in(names, starts, other) == name,
+                |&id| hasher.hash_one(name_in(names, starts, id)),
+            );
+            match slot {
+                Entry::Occupied(_) => return Err("a stream appears twice"),
+                Entry::Vacant(slot) => {
+                    slot.insert(id);
+                }
             }
-            heads
-                .by_name
-                .insert_unique(hash, id, |&id| hasher.hash_one(name_in(names, starts, id)));
         }
         Ok(heads)
     }

@@ -304,7 +304,7 @@ pub fn read_revisions(
     }
     // Several candidates, a missing one, or a record of another stream: search every
     // table and read every candidate.
-    let candidates = lookup.resolve(true)?;
+    let candidates = lookup.resolve_all()?;
     let mut events = Vec::with_capacity(candidates.len());
     for (at, options) in candidates.iter().enumerate() {
         let revision = low + at as u64;

@@ -262,7 +262,7 @@ impl Lookup {
     /// The one location of each revision, `low` first, if every revision has exactly
     /// one candidate (the common case, which allocates one vector instead of one per
     /// revision); `None` if any has none or several (the caller then asks
-    /// [`Lookup::resolve`] for every candidate).
+    /// [`Lookup::resolve_all`] for every candidate).
     pub fn resolve_unique(&self) -> Result<Option<Vec<Location>>, StorageError> {
         let mut found = self.known.clone();
         for table in &self.tables {
@@ -288,24 +288,22 @@ impl Lookup {
         Ok(found.into_iter().collect())
     }
 
-    /// The candidate locations of each revision, `low` first: one per revision, unless
-    /// `exhaustive`, when every table is searched and a revision may get candidates of
-    /// other streams sharing the name's hash (the caller reads the records to tell).
-    /// A revision no table holds gets none.
-    pub fn resolve(&self, exhaustive: bool) -> Result<Vec<Vec<Location>>, StorageError> {
+    /// Every candidate location of each revision, `low` first: every table is searched,
+    /// and a revision may get candidates of other streams sharing the name's hash (the
+    /// caller reads the records to tell). A revision no table holds gets none. The
+    /// common case, one candidate each, is [`Lookup::resolve_unique`].
+    pub fn resolve_all(&self) -> Result<Vec<Vec<Location>>, StorageError> {
         let mut candidates: Vec<Vec<Location>> = self
             .known
             .iter()
             .map(|known| known.iter().copied().collect())
             .collect();
+        if candidates.is_empty() {
+            return Ok(candidates);
+        }
+        let low = self.low;
+        let high = self.low + candidates.len() as u64;
         for table in &self.tables {
-            let first = candidates.iter().position(|c| exhaustive || c.is_empty());
-            let last = candidates.iter().rposition(|c| exhaustive || c.is_empty());
-            let (Some(first), Some(last)) = (first, last) else {
-                break;
-            };
-            let low = self.low + first as u64;
-            let high = self.low + last as u64 + 1;
             for entry in table.find(self.hash, low, high)? {
                 let at = (entry.revision - self.low) as usize;
                 // A revision memory knows is never looked for in tables: a colliding

@@ -142,23 +142,24 @@ impl Heads {
     pub fn id_or_insert(&mut self, name: &str) -> StreamId {
         let hash = self.hasher.hash_one(name);
         let (names, starts, hasher) = (&self.names, &self.name_starts, &self.hasher);
-        if let Some(&id) = self
-            .by_name
-            .find(hash, |&id| name_in(names, starts, id) == name)
-        {
-            return id;
-        }
+        // One probe sequence finds the stream or the slot its id goes in.
+        let slot = match self.by_name.entry(
+            hash,
+            |&id| name_in(names, starts, id) == name,
+            |&id| hasher.hash_one(name_in(names, starts, id)),
+        ) {
+            Entry::Occupied(found) => return *found.get(),
+            Entry::Vacant(slot) => slot,
+        };
         // Ids are u32: four billion streams is beyond what one index holds in memory.
         let id = StreamId(
             u32::try_from(self.revisions.len())
                 .unwrap_or_else(|_| unreachable!("more than 2^32 streams in memory")),
         );
+        slot.insert(id);
         self.name_starts.push(self.names.len() as u64);
         self.names.extend_from_slice(name.as_bytes());
         self.revisions.push(0);
-        let (names, starts) = (&self.names, &self.name_starts);
-        self.by_name
-            .insert_unique(hash, id, |&id| hasher.hash_one(name_in(names, starts, id)));
         id
     }
 

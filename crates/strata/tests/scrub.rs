@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::events;
+use common::{events, files_with};
 use strata::engine::format::{frame, segment};
 use strata::{
     Durability, ExpectedRevision, Options, ReadAllOptions, ReadError, ScrubStatus, StorageError,
@@ -174,25 +174,14 @@ async fn a_flipped_byte_in_an_old_sealed_segment_is_reported_and_left_in_place()
     assert_eq!(fs::read(oldest).unwrap(), bytes, "the file is unchanged");
 }
 
-/// The store's segment table files, oldest first.
-fn table_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|e| e == "tbl"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_segment_table_is_rebuilt_and_reads_work_again() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     build(dir.path()).await;
-    let tables = table_files(dir.path());
+    let tables = files_with(dir.path(), ".tbl");
     assert!(tables.len() >= 2, "{tables:?}");
-    let damaged = &tables[0];
+    let damaged = &dir.path().join(&tables[0]);
     let good = fs::read(damaged).unwrap();
     let mut bytes = good.clone();
     // In the first entry block (after the 64-byte header): loading the table checks its

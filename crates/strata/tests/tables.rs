@@ -12,7 +12,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{check_invariants, everything};
+use common::{check_invariants, everything, files_with};
 use strata::engine::index::table;
 use strata::{EventData, ExpectedRevision, ListStreamsOptions, Options, ReadStreamOptions, Store};
 
@@ -47,16 +47,6 @@ async fn fill(store: &Store) {
                 .unwrap();
         }
     }
-}
-
-fn files_with(dir: &Path, extension: &str) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(extension))
-        .collect();
-    names.sort();
-    names
 }
 
 /// Waits until every sealed segment has its table in the index.

@@ -36,7 +36,8 @@ pub struct StreamMetadata {
     /// How long clients may cache reads of the head (`$cacheControl`, seconds).
     pub cache_control: Option<Duration>,
     /// Access control list (`$acl`), kept as given once its shape is checked (see
-    /// [`ACL_KEYS`]); not enforced yet.
+    /// [`ACL_KEYS`]). The server enforces it when authentication is on; the embedded
+    /// library does not (a program that opens the store may do anything).
     pub acl: Option<Value>,
     /// Any other properties, kept as given.
     pub custom: Map<String, Value>,
@@ -115,6 +116,28 @@ impl StreamMetadata {
 
 fn invalid(reason: String) -> InvalidInput {
     InvalidInput::InvalidMetadata { reason }
+}
+
+/// Checks a `$settings` event's data: a JSON object whose `$userStreamAcl` and
+/// `$systemStreamAcl`, when present, are ACLs of the shape `$acl` has. Other keys are
+/// kept as given. Settings no server can read would lock every non-admin out.
+pub fn check_settings(data: &[u8]) -> Result<(), InvalidInput> {
+    let value: Value = serde_json::from_slice(data)
+        .map_err(|error| invalid(format!("$settings must be a JSON object: {error}")))?;
+    let Value::Object(settings) = &value else {
+        return Err(invalid(format!(
+            "$settings must be a JSON object, got {value}"
+        )));
+    };
+    for key in ["$userStreamAcl", "$systemStreamAcl"] {
+        if let Some(acl) = settings.get(key) {
+            check_acl(acl).map_err(|error| match error {
+                InvalidInput::InvalidMetadata { reason } => invalid(format!("{key}: {reason}")),
+                other => other,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks that `value` has the shape KurrentDB's `StreamMetadata.ReadAcl` accepts: an

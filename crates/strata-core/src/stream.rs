@@ -14,6 +14,13 @@ pub const METADATA_EVENT_TYPE: &str = "$metadata";
 /// The event type of a tombstone (in the stream it deletes).
 pub const TOMBSTONE_EVENT_TYPE: &str = "$streamDeleted";
 
+/// The system stream whose last event holds the server-wide settings: the default
+/// ACLs `$userStreamAcl` and `$systemStreamAcl` (KurrentDB's `$settings`). It is the
+/// one `$`-stream clients may append to (the server lets only `$admins` do so).
+pub const SETTINGS_STREAM: &str = "$settings";
+/// The event type of a settings event (KurrentDB's).
+pub const SETTINGS_EVENT_TYPE: &str = "$settings";
+
 /// The name that stands for the global log in reads and subscriptions.
 pub const ALL_STREAM: &str = "$all";
 
@@ -66,10 +73,11 @@ pub fn validate_name(name: &str, limits: &Limits) -> Result<(), InvalidInput> {
     Ok(())
 }
 
-/// Checks a stream name a user may write to: a valid name that is not reserved.
+/// Checks a stream name a user may write to: a valid name that is not reserved
+/// (`$settings` excepted).
 pub fn validate_writable(name: &str, limits: &Limits) -> Result<(), InvalidInput> {
     validate_name(name, limits)?;
-    if is_system(name) {
+    if is_system(name) && name != SETTINGS_STREAM {
         return Err(InvalidInput::ReservedStreamName {
             name: name.to_owned(),
         });

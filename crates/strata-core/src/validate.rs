@@ -71,6 +71,8 @@ pub fn append(requests: &[AppendRequest], limits: &Limits) -> Result<(), Invalid
                     });
                 }
                 StreamMetadata::from_slice(&event.data)?;
+            } else if request.stream == stream::SETTINGS_STREAM {
+                crate::metadata::check_settings(&event.data)?;
             } else if event.event_type.starts_with('$') {
                 return Err(InvalidInput::ReservedEventType {
                     event_type: event.event_type.clone(),
@@ -151,6 +153,43 @@ impl<'a> AppendBudget<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn settings_is_the_one_writable_system_stream_and_must_hold_valid_acls() {
+        let limits = Limits::default();
+        let settings = |event_type: &str, data: &str| {
+            vec![AppendRequest::new(
+                stream::SETTINGS_STREAM,
+                crate::ExpectedRevision::Any,
+                vec![EventData::binary(event_type, data.as_bytes().to_vec())],
+            )]
+        };
+        append(
+            &settings("$settings", r#"{"$userStreamAcl": {"$r": ["a", "b"]}}"#),
+            &limits,
+        )
+        .unwrap();
+        append(&settings("update", r#"{"other": 1}"#), &limits).unwrap();
+        for bad in [r#"{"$systemStreamAcl": {"$r": 1}}"#, "[]", "not json"] {
+            assert!(
+                matches!(
+                    append(&settings("$settings", bad), &limits),
+                    Err(InvalidInput::InvalidMetadata { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let other = vec![AppendRequest::new(
+            "$users",
+            crate::ExpectedRevision::Any,
+            vec![EventData::binary("x", b"{}".to_vec())],
+        )];
+        assert!(matches!(
+            append(&other, &limits),
+            Err(InvalidInput::ReservedStreamName { .. })
+        ));
+    }
 
     #[test]
     #[allow(clippy::unwrap_used)]

@@ -21,7 +21,10 @@ pub enum ServerError {
     /// insecure.
     #[error(transparent)]
     NotLoopback(#[from] crate::tls::NotLoopback),
-    /// The TLS certificate files do not load.
+    /// The default users could not be created or read.
+    #[error("setting up the default users failed: {0}")]
+    Users(#[from] crate::auth::UserError),
+    /// The TLS certificate files did not load.
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     /// The gRPC server failed while running.

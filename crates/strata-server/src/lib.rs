@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod error;
 pub mod grpc;
 pub mod http;

@@ -50,6 +50,24 @@ pub struct ApiLabels {
     pub api: Api,
 }
 
+/// Labels of failed authentications.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    /// Which API.
+    pub api: Api,
+    /// Why (`wrong_password`, `unknown_user`, `expired_token`, …).
+    pub reason: &'static str,
+}
+
+/// Labels of refused requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccessDeniedLabels {
+    /// Which API.
+    pub api: Api,
+    /// What was refused (`read`, `write`, `manage users`, …).
+    pub operation: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs … ~26 s in ×2 steps: group commit latencies sit in the low milliseconds.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
@@ -92,6 +110,10 @@ pub struct Metrics {
     pub scrub_table_bytes: Counter<u64, AtomicU64>,
     /// Damaged segment tables the scrubber rebuilt (sampled at scrape).
     pub scrub_tables_repaired: Counter<u64, AtomicU64>,
+    /// Failed authentications, by API and reason.
+    pub auth_failures: Family<AuthFailureLabels, Counter>,
+    /// Requests refused by authorization, by API and operation.
+    pub access_denied: Family<AccessDeniedLabels, Counter>,
 }
 
 impl Metrics {
@@ -116,7 +138,19 @@ impl Metrics {
         let scrub_damage = Counter::<u64, AtomicU64>::default();
         let scrub_table_bytes = Counter::<u64, AtomicU64>::default();
         let scrub_tables_repaired = Counter::<u64, AtomicU64>::default();
+        let auth_failures = Family::<AuthFailureLabels, Counter>::default();
+        let access_denied = Family::<AccessDeniedLabels, Counter>::default();
         registry.register("appends", "Append requests", appends.clone());
+        registry.register(
+            "auth_failures",
+            "Requests whose credentials were refused",
+            auth_failures.clone(),
+        );
+        registry.register(
+            "access_denied",
+            "Requests refused by stream ACLs or roles",
+            access_denied.clone(),
+        );
         registry.register(
             "events_appended",
             "Events recorded by appends",
@@ -204,6 +238,8 @@ impl Metrics {
             scrub_damage,
             scrub_table_bytes,
             scrub_tables_repaired,
+            auth_failures,
+            access_denied,
         }
     }
 

@@ -71,8 +71,27 @@ impl Server {
         options.grpc = grpc.as_ref().map(|(addr, _)| *addr);
         options.http = http.as_ref().map(|(addr, _)| *addr);
         let (shutdown, signal) = watch::channel(false);
+        let state = ServerState::new(store, options, signal);
+        if state.auth.enabled() {
+            let users = state.auth.users();
+            let created = users.ensure_defaults().await?;
+            if !created.is_empty() {
+                tracing::info!(users = ?created, "created the default users (password \"changeit\")");
+            }
+            for login in [
+                crate::auth::principal::ADMIN_USER,
+                crate::auth::principal::OPS_USER,
+            ] {
+                if users.has_default_password(login).await? {
+                    tracing::warn!(
+                        user = login,
+                        "user still has the default password: change it (strata user passwd {login})"
+                    );
+                }
+            }
+        }
         Ok(Server {
-            state: ServerState::new(store, options, signal),
+            state,
             shutdown,
             grpc,
             http,

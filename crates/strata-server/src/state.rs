@@ -6,6 +6,7 @@ use std::sync::Arc;
 use strata::Store;
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::net::ConnectionLimits;
 use crate::options::ServerOptions;
@@ -21,6 +22,8 @@ pub struct ServerState {
     pub options: Arc<ServerOptions>,
     /// Counters and histograms for `GET /metrics`.
     pub metrics: Arc<Metrics>,
+    /// Authentication and authorization (on with TLS, off otherwise).
+    pub auth: Arc<Auth>,
     /// Open subscriptions per connection, against `options.max_subscriptions_per_connection`.
     pub subscription_slots: Arc<SubscriptionSlots>,
     /// The persistent subscription groups (competing consumers).
@@ -45,7 +48,14 @@ impl ServerState {
                 .unwrap_or_else(|| format!("node-{}", uuid::Uuid::new_v4())),
             ttl: node.ttl,
         });
+        let metrics = Arc::new(Metrics::new());
+        let auth = Arc::new(Auth::new(
+            store.clone(),
+            options.transport.authenticates(),
+            Arc::clone(&metrics),
+        ));
         ServerState {
+            auth,
             persistent: Arc::new(Registry::with_leases(
                 store.clone(),
                 shutdown.clone(),
@@ -57,7 +67,7 @@ impl ServerState {
                 options.max_connections_per_address,
             ),
             options: Arc::new(options),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             subscription_slots: Arc::new(SubscriptionSlots::default()),
             shutdown,
         }

@@ -9,274 +9,25 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+mod support;
+
+use support::*;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use http_body_util::Full;
+use hyper::StatusCode;
+use hyper_util::rt::TokioExecutor;
 use strata::{EventData, ExpectedRevision};
 use strata_server::grpc::requests;
-use strata_server::proto::event_store::client::streams::streams_client::StreamsClient;
 use strata_server::proto::event_store::client::streams::{append_resp, read_req, ReadReq};
 use strata_server::tls::{ReloadOutcome, TlsError, TlsReloader};
-use strata_server::{Server, ServerError, ServerOptions, TlsOptions, Transport};
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
-use tonic::transport::{Channel, Endpoint};
-
-// --- certificates -----------------------------------------------------------------
-
-/// A certificate authority made for one test.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for 127.0.0.1 and localhost, and its key, as PEM.
-    fn node(&self) -> (String, String) {
-        self.leaf("node", ExtendedKeyUsagePurpose::ServerAuth)
-    }
-
-    /// A client certificate and its key, as PEM.
-    fn client(&self) -> (String, String) {
-        self.leaf("client", ExtendedKeyUsagePurpose::ClientAuth)
-    }
-
-    fn leaf(&self, name: &str, usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.subject_alt_names = vec![
-            SanType::IpAddress("127.0.0.1".parse().unwrap()),
-            SanType::DnsName("localhost".try_into().unwrap()),
-        ];
-        params.extended_key_usages = vec![usage];
-        params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-fn der(pem: &str) -> CertificateDer<'static> {
-    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
-}
-
-/// Replaces `path` atomically (write, then rename), as a certificate renewal should.
-fn replace(path: &Path, contents: &str) {
-    let temporary = path.with_extension("new");
-    std::fs::write(&temporary, contents).unwrap();
-    std::fs::rename(&temporary, path).unwrap();
-}
-
-/// The node's files in a temporary directory.
-struct Files {
-    dir: tempfile::TempDir,
-}
-
-impl Files {
-    fn new(ca: &Ca) -> Files {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = ca.node();
-        std::fs::write(dir.path().join("node.pem"), cert).unwrap();
-        std::fs::write(dir.path().join("node.key"), key).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
-        Files { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn options(&self) -> TlsOptions {
-        TlsOptions {
-            ca: Some(self.path("ca.pem")),
-            reload_interval: Duration::from_millis(20),
-            ..TlsOptions::new(self.path("node.pem"), self.path("node.key"))
-        }
-    }
-}
-
-// --- server -----------------------------------------------------------------------
-
-struct Running {
-    grpc: SocketAddr,
-    http: SocketAddr,
-    tls: Option<Arc<TlsReloader>>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: JoinHandle<Result<(), ServerError>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-fn loopback_options(transport: Transport) -> ServerOptions {
-    ServerOptions {
-        grpc: Some("127.0.0.1:0".parse().unwrap()),
-        http: Some("127.0.0.1:0".parse().unwrap()),
-        transport,
-        ..ServerOptions::default()
-    }
-}
-
-async fn bind(options: ServerOptions) -> (Result<Server, ServerError>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = strata::Store::open(dir.path()).unwrap();
-    (Server::bind(store, options).await, dir)
-}
-
-async fn start(options: ServerOptions) -> Running {
-    let (server, dir) = bind(options).await;
-    let server = server.unwrap();
-    let (grpc, http) = (server.grpc_addr().unwrap(), server.http_addr().unwrap());
-    let tls = server.tls().cloned();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run_until(async {
-        let _ = stopped.await;
-    }));
-    Running {
-        grpc,
-        http,
-        tls,
-        stop,
-        task,
-        _dir: dir,
-    }
-}
-
-// --- clients ----------------------------------------------------------------------
-
-#[allow(deprecated)] // ring: the provider the server uses too (see `tls::config`).
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A client that trusts `ca_pem`, offers `alpn`, and presents `identity` if given.
-fn client_config(
-    ca_pem: &str,
-    alpn: &[&[u8]],
-    identity: Option<(String, String)>,
-) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    roots.add(der(ca_pem)).unwrap();
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                vec![der(&cert)],
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
-}
-
-async fn tls_connect(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-) -> io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    TlsConnector::from(config)
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-        .await
-}
-
-/// The leaf certificate the server presents now.
-async fn served_certificate(addr: SocketAddr, ca_pem: &str) -> CertificateDer<'static> {
-    let stream = tls_connect(addr, client_config(ca_pem, &[b"h2"], None))
-        .await
-        .unwrap();
-    stream.get_ref().1.peer_certificates().unwrap()[0].clone()
-}
-
-async fn grpc_client(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-) -> Result<StreamsClient<Channel>, tonic::transport::Error> {
-    let connector = tower::service_fn(move |_uri: tonic::codegen::http::Uri| {
-        let config = Arc::clone(&config);
-        async move { Ok::<_, io::Error>(TokioIo::new(tls_connect(addr, config).await?)) }
-    });
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(connector)
-        .await?;
-    Ok(StreamsClient::new(channel))
-}
-
-/// `GET path` over TLS with the protocol ALPN picks; returns the status, the protocol
-/// agreed and the body.
-async fn https_get(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-    path: &str,
-    host: &str,
-) -> Result<(StatusCode, Option<Vec<u8>>, Bytes), Box<dyn std::error::Error + Send + Sync>> {
-    let stream = tls_connect(addr, config).await?;
-    let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-    let io = TokioIo::new(stream);
-    let response = if alpn.as_deref() == Some(b"h2") {
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-        tokio::spawn(connection);
-        let request = Request::builder()
-            .uri(format!("https://{host}{path}"))
-            .body(Full::new(Bytes::new()))?;
-        sender.send_request(request).await?
-    } else {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(connection);
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header("host", host)
-            .body(Full::new(Bytes::new()))?;
-        sender.send_request(request).await?
-    };
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, alpn, body))
-}
+use strata_server::{ServerError, ServerOptions, TlsOptions, Transport};
 
 /// Appends one event over gRPC and reads it back.
-async fn append_and_read(client: &mut StreamsClient<Channel>, stream: &str) {
+async fn append_and_read(client: &mut Client, stream: &str) {
     let event = EventData::json("Checked", &serde_json::json!({"tls": true})).unwrap();
     let appended = client
         .append(tokio_stream::iter(requests::append(
@@ -317,9 +68,13 @@ async fn clients_trusting_the_ca_connect_over_grpc_and_http() {
     let files = Files::new(&ca);
     let server = start(loopback_options(Transport::Tls(files.options()))).await;
 
-    let mut client = grpc_client(server.grpc, client_config(&ca.pem, &[b"h2"], None))
-        .await
-        .unwrap();
+    let mut client = grpc_client(
+        server.grpc,
+        client_config(&ca.pem, &[b"h2"], None),
+        Credentials::admin(),
+    )
+    .await
+    .unwrap();
     append_and_read(&mut client, "tls-1").await;
 
     // HTTP: ALPN picks HTTP/2 when offered, HTTP/1.1 otherwise. Without TLS's
@@ -366,11 +121,13 @@ async fn a_client_trusting_another_ca_cannot_connect() {
             "{error}"
         );
     }
-    assert!(
-        grpc_client(server.grpc, client_config(&other.pem, &[b"h2"], None))
-            .await
-            .is_err()
-    );
+    assert!(grpc_client(
+        server.grpc,
+        client_config(&other.pem, &[b"h2"], None),
+        Credentials::admin()
+    )
+    .await
+    .is_err());
     // A client in the clear gets no HTTP answer from a TLS port.
     let plain = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build_http::<Full<Bytes>>();
@@ -401,6 +158,7 @@ async fn client_certificates_are_optional_but_must_chain_to_the_ca() {
     let grpc_with_own = grpc_client(
         server.grpc,
         client_config(&ca.pem, &[b"h2"], Some(ca.client())),
+        Credentials::admin(),
     );
     append_and_read(&mut grpc_with_own.await.unwrap(), "client-cert-1").await;
     server.stop().await;
@@ -448,9 +206,13 @@ async fn renewed_certificates_are_served_without_a_restart() {
         ReloadOutcome::Failed(TlsError::NoCertificate { .. })
     ));
     assert_eq!(served_certificate(server.grpc, &ca.pem).await, der(&cert));
-    let mut client = grpc_client(server.grpc, client_config(&ca.pem, &[b"h2"], None))
-        .await
-        .unwrap();
+    let mut client = grpc_client(
+        server.grpc,
+        client_config(&ca.pem, &[b"h2"], None),
+        Credentials::admin(),
+    )
+    .await
+    .unwrap();
     append_and_read(&mut client, "after-bad-reload").await;
     server.stop().await;
 }
@@ -607,12 +369,20 @@ async fn grpc_handlers_see_each_tls_connection_apart() {
     })
     .await;
     let subscribe = || requests::subscribe_all(strata::SubscribeFrom::Start);
-    let mut first = grpc_client(server.grpc, client_config(&ca.pem, &[b"h2"], None))
-        .await
-        .unwrap();
-    let mut second = grpc_client(server.grpc, client_config(&ca.pem, &[b"h2"], None))
-        .await
-        .unwrap();
+    let mut first = grpc_client(
+        server.grpc,
+        client_config(&ca.pem, &[b"h2"], None),
+        Credentials::admin(),
+    )
+    .await
+    .unwrap();
+    let mut second = grpc_client(
+        server.grpc,
+        client_config(&ca.pem, &[b"h2"], None),
+        Credentials::admin(),
+    )
+    .await
+    .unwrap();
     let _one = first.read(subscribe()).await.unwrap();
     let _two = second.read(subscribe()).await.unwrap();
     let status = first.read(subscribe()).await.unwrap_err();

@@ -1,6 +1,7 @@
 //! The gRPC API, wire-compatible with KurrentDB/EventStoreDB clients: one file per
 //! service, plus the conversions between protocol and strata types.
 
+pub mod auth;
 pub mod convert;
 pub mod features;
 pub mod gossip;
@@ -10,6 +11,7 @@ pub mod streams;
 pub mod v2;
 
 use tonic::transport::server::Router;
+use tower_layer::Stack;
 
 use crate::proto::event_store::client::gossip::gossip_server::GossipServer;
 use crate::proto::event_store::client::persistent_subscriptions::persistent_subscriptions_server::PersistentSubscriptionsServer;
@@ -18,8 +20,8 @@ use crate::proto::event_store::client::streams::streams_server::StreamsServer;
 use crate::proto::kurrentdb::protocol::v2::streams::streams_service_server::StreamsServiceServer;
 use crate::state::ServerState;
 
-/// The gRPC services over `state`, ready to serve.
-pub fn router(state: ServerState) -> Router {
+/// The gRPC services over `state`, behind the authentication layer, ready to serve.
+pub fn router(state: ServerState) -> Router<Stack<auth::AuthLayer, tower_layer::Identity>> {
     let options = &state.options;
     let max = options.max_grpc_message;
     let mut builder = tonic::transport::Server::builder()
@@ -35,6 +37,7 @@ pub fn router(state: ServerState) -> Router {
             .max_connection_age_grace(options.shutdown_grace);
     }
     builder
+        .layer(auth::AuthLayer::new(std::sync::Arc::clone(&state.auth)))
         .add_service(
             StreamsServer::new(streams::StreamsService::new(state.clone()))
                 .max_decoding_message_size(max)

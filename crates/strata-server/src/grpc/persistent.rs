@@ -3,6 +3,8 @@
 //! turns requests into registry calls and consumer messages into responses, with the
 //! status codes, messages and trailers KurrentDB clients recognise.
 
+use crate::auth::{Operation, StreamAction};
+use crate::grpc::auth::Caller;
 use std::pin::Pin;
 
 use futures_util::Stream;
@@ -571,6 +573,9 @@ impl PersistentSubscriptions for PersistentService {
         &self,
         request: Request<ps::CreateReq>,
     ) -> Result<Response<ps::CreateResp>, Status> {
+        Caller::of(&request)
+            .authorize(&self.state, Operation::ManageSubscriptions)
+            .await?;
         let config = create_config(request.into_inner())?;
         self.state
             .persistent
@@ -584,6 +589,9 @@ impl PersistentSubscriptions for PersistentService {
         &self,
         request: Request<ps::UpdateReq>,
     ) -> Result<Response<ps::UpdateResp>, Status> {
+        Caller::of(&request)
+            .authorize(&self.state, Operation::ManageSubscriptions)
+            .await?;
         let config = update_config(request.into_inner())?;
         self.state
             .persistent
@@ -598,6 +606,9 @@ impl PersistentSubscriptions for PersistentService {
         request: Request<ps::DeleteReq>,
     ) -> Result<Response<ps::DeleteResp>, Status> {
         use ps::delete_req::options::StreamOption;
+        Caller::of(&request)
+            .authorize(&self.state, Operation::ManageSubscriptions)
+            .await?;
         let options = request
             .into_inner()
             .options
@@ -622,7 +633,8 @@ impl PersistentSubscriptions for PersistentService {
         request: Request<Streaming<ps::ReadReq>>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         use read_req::options::{uuid_option, StreamOption};
-        let peer = crate::tls::client_address(&request);
+        let caller = Caller::of(&request);
+        let peer = caller.address;
         let mut inbound = request.into_inner();
         let first = tokio::select! {
             first = inbound.message() => first?.ok_or_else(|| missing("options"))?,
@@ -638,6 +650,16 @@ impl PersistentSubscriptions for PersistentService {
             Some(StreamOption::All(_)) => source_name(None, true)?,
             None => return Err(missing("stream_option")),
         };
+        // Consuming a group needs read access to its stream (`$all` for `$all` groups).
+        caller
+            .authorize(
+                &self.state,
+                Operation::Stream {
+                    action: StreamAction::Read,
+                    stream: &source,
+                },
+            )
+            .await?;
         let structured = matches!(
             options
                 .uuid_option
@@ -676,6 +698,9 @@ impl PersistentSubscriptions for PersistentService {
         request: Request<ps::GetInfoReq>,
     ) -> Result<Response<ps::GetInfoResp>, Status> {
         use ps::get_info_req::options::StreamOption;
+        Caller::of(&request)
+            .authorize(&self.state, Operation::SubscriptionStatistics)
+            .await?;
         let options = request
             .into_inner()
             .options
@@ -701,6 +726,9 @@ impl PersistentSubscriptions for PersistentService {
         request: Request<ps::ReplayParkedReq>,
     ) -> Result<Response<ps::ReplayParkedResp>, Status> {
         use ps::replay_parked_req::options::{StopAtOption, StreamOption};
+        Caller::of(&request)
+            .authorize(&self.state, Operation::ManageSubscriptions)
+            .await?;
         let options = request
             .into_inner()
             .options
@@ -728,6 +756,9 @@ impl PersistentSubscriptions for PersistentService {
     async fn list(&self, request: Request<ps::ListReq>) -> Result<Response<ps::ListResp>, Status> {
         use ps::list_req::options::ListOption;
         use ps::list_req::stream_option::StreamOption;
+        Caller::of(&request)
+            .authorize(&self.state, Operation::SubscriptionStatistics)
+            .await?;
         let options = request
             .into_inner()
             .options
@@ -751,7 +782,10 @@ impl PersistentSubscriptions for PersistentService {
         }))
     }
 
-    async fn restart_subsystem(&self, _request: Request<Empty>) -> Result<Response<Empty>, Status> {
+    async fn restart_subsystem(&self, request: Request<Empty>) -> Result<Response<Empty>, Status> {
+        Caller::of(&request)
+            .authorize(&self.state, Operation::ManageSubscriptions)
+            .await?;
         // Stops every group (dropping their consumers); the next call reloads them
         // from the store and each resumes from its checkpoint.
         self.state.persistent.stop_all().await;

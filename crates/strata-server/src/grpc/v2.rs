@@ -19,9 +19,12 @@ use strata::{
 use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
+use crate::auth::{Operation, StreamAction};
+use crate::grpc::auth::Caller;
 use crate::grpc::convert;
 use crate::metrics::{Api, Outcome};
 use crate::proto::google::rpc::Status as RpcStatus;
+use crate::proto::kurrent::rpc::AccessDeniedErrorDetails;
 use crate::proto::kurrentdb::protocol::v2::streams::errors::{
     consistency_violation, AppendConsistencyViolationErrorDetails,
     AppendRecordSizeExceededErrorDetails, AppendTransactionSizeExceededErrorDetails,
@@ -84,6 +87,21 @@ fn rich<M: Message>(code: Code, message: String, type_name: &str, detail: &M) ->
         }),
     };
     Status::with_details(code, message, Bytes::from(packed.encode_to_vec()))
+}
+
+/// The v2 refusal, as KurrentDB's v2 API sends it: PERMISSION_DENIED with
+/// `kurrent.rpc.AccessDeniedErrorDetails` (the operation and the user).
+fn access_denied(caller: &Caller, operation: &str) -> Status {
+    rich(
+        Code::PermissionDenied,
+        format!("Access denied. Insufficient permissions to perform {operation}"),
+        "kurrent.rpc.AccessDeniedErrorDetails",
+        &AccessDeniedErrorDetails {
+            operation: operation.to_owned(),
+            username: caller.principal.login().map(str::to_owned),
+            permission: None,
+        },
+    )
 }
 
 /// An event from a v2 record: the type is the schema name; properties become the
@@ -229,12 +247,29 @@ impl V2StreamsService {
 
     async fn append_all(
         &self,
+        caller: &Caller,
         requests: Vec<AppendRequest>,
         check_index: Option<&HashMap<String, i32>>,
     ) -> Result<Vec<strata::AppendResult>, Status> {
+        // Every stream of the append, including those only checked: all or nothing.
+        for request in &requests {
+            let operation = Operation::Stream {
+                action: StreamAction::Write,
+                stream: &request.stream,
+            };
+            if let Err(status) = caller.authorize(&self.state, operation).await {
+                return Err(match status.code() {
+                    Code::PermissionDenied => access_denied(caller, "streams.write"),
+                    _ => status,
+                });
+            }
+        }
         let count = requests.iter().map(|r| r.events.len()).sum();
         let started = Instant::now();
         let result = self.state.store.append_multi(requests).await;
+        for appended in result.iter().flatten() {
+            self.state.auth.appended(&appended.stream);
+        }
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
             Err(AppendError::WrongExpectedRevision { .. }) => Outcome::Conflict,
@@ -273,6 +308,7 @@ impl StreamsService for V2StreamsService {
         &self,
         request: Request<Streaming<WireAppendRequest>>,
     ) -> Result<Response<AppendSessionResponse>, Status> {
+        let caller = Caller::of(&request);
         let mut incoming = request.into_inner();
         let mut requests: Vec<AppendRequest> = Vec::new();
         // The store's limits, checked as the requests arrive: a session over them is
@@ -323,7 +359,7 @@ impl StreamsService for V2StreamsService {
                 "an append session needs at least one request",
             ));
         }
-        let results = self.append_all(requests, None).await?;
+        let results = self.append_all(&caller, requests, None).await?;
         Ok(Response::new(AppendSessionResponse {
             position: last_commit(&results),
             output: results
@@ -343,6 +379,7 @@ impl StreamsService for V2StreamsService {
         &self,
         request: Request<AppendRecordsRequest>,
     ) -> Result<Response<AppendRecordsResponse>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         // One strata request per stream, in order of first appearance.
         let mut order: Vec<String> = Vec::new();
@@ -406,7 +443,9 @@ impl StreamsService for V2StreamsService {
                 )
             })
             .collect();
-        let results = self.append_all(requests, Some(&check_index)).await?;
+        let results = self
+            .append_all(&caller, requests, Some(&check_index))
+            .await?;
         Ok(Response::new(AppendRecordsResponse {
             position: last_commit(&results),
             revisions: results

@@ -13,10 +13,12 @@ use serde_json::Value;
 use strata::{AppendError, AppendRequest, AppendResult, ExpectedRevision, InvalidInput};
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::json::{body_bytes, parse, parse_bounded, parse_events, too_many_events, EventInput};
 use super::params::{parse_expected, Params, StreamPath};
 use super::HttpState;
+use crate::auth::{Operation, StreamAction};
 use crate::metrics::{Api, Outcome};
 
 /// Where an append's events were recorded.
@@ -61,6 +63,7 @@ impl AppendResponse {
 /// `POST /streams/{stream}?expected_revision=…`: the body is one event or an array.
 pub async fn append(
     State(http): State<HttpState>,
+    caller: Caller,
     StreamPath(stream): StreamPath,
     mut params: Params,
     body: Result<Bytes, BytesRejection>,
@@ -70,7 +73,7 @@ pub async fn append(
     let body = body_bytes(body, http.state.options.max_request_body)?;
     let events = parse_events(&body, http.state.store.limits().append_events_max)?;
     let request = AppendRequest::new(stream, expected, events);
-    let mut responses = record(&http, vec![request]).await?;
+    let mut responses = record(&http, &caller, vec![request]).await?;
     Ok(Json(responses.swap_remove(0)))
 }
 
@@ -106,6 +109,7 @@ pub struct MultiAppendResponse {
 /// all or nothing.
 pub async fn append_multi(
     State(http): State<HttpState>,
+    caller: Caller,
     params: Params,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<MultiAppendResponse>, ApiError> {
@@ -143,15 +147,31 @@ pub async fn append_multi(
             .collect::<Result<Vec<_>, _>>()?;
         requests.push(AppendRequest::new(part.stream, expected, events));
     }
-    let results = record(&http, requests).await?;
+    let results = record(&http, &caller, requests).await?;
     Ok(Json(MultiAppendResponse { results }))
 }
 
 /// Appends and records the outcome in the metrics.
 async fn record(
     http: &HttpState,
+    caller: &Caller,
     requests: Vec<AppendRequest>,
 ) -> Result<Vec<AppendResponse>, ApiError> {
+    // Every stream of the append must be writable: all or nothing.
+    for request in &requests {
+        caller
+            .authorize(
+                http,
+                Operation::Stream {
+                    action: StreamAction::Write,
+                    stream: &request.stream,
+                },
+            )
+            .await?;
+    }
+    let settings = requests
+        .iter()
+        .any(|r| r.stream == strata::stream::SETTINGS_STREAM);
     let ids: Vec<Vec<Uuid>> = requests
         .iter()
         .map(|r| r.events.iter().map(|e| e.id).collect())
@@ -169,6 +189,9 @@ async fn record(
     http.state
         .metrics
         .record_append(Api::Http, outcome, events, started.elapsed());
+    if settings && result.is_ok() {
+        http.state.auth.appended(strata::stream::SETTINGS_STREAM);
+    }
     Ok(result?
         .into_iter()
         .zip(ids)

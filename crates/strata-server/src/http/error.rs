@@ -102,6 +102,18 @@ pub enum ApiError {
         /// The host named.
         host: String,
     },
+    /// No credentials, or credentials that do not authenticate (the same answer either
+    /// way).
+    #[error("authentication required: send HTTP Basic credentials or a bearer token")]
+    Unauthenticated,
+    /// The authenticated user may not do this.
+    #[error("access denied: {operation} is not allowed{}", stream.as_ref().map(|s| format!(" on stream {s:?}")).unwrap_or_default())]
+    AccessDenied {
+        /// What was refused.
+        operation: &'static str,
+        /// On which stream.
+        stream: Option<String>,
+    },
     /// A CORS preflight from an origin that is not allowed.
     #[error("cross-origin requests from {origin:?} are not allowed (see --cors-origin)")]
     CorsOriginNotAllowed {
@@ -159,6 +171,13 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::HostNotAllowed { .. } => (StatusCode::FORBIDDEN, "host_not_allowed"),
+            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::AccessDenied { stream, .. } => {
+                if let Some(stream) = stream {
+                    extra.insert("stream".into(), json!(stream));
+                }
+                (StatusCode::FORBIDDEN, "access_denied")
+            }
             ApiError::CorsOriginNotAllowed { .. } => {
                 (StatusCode::FORBIDDEN, "cors_origin_not_allowed")
             }
@@ -225,6 +244,9 @@ impl ApiError {
     }
 }
 
+/// The challenge a 401 carries: Basic credentials or a bearer token.
+pub const WWW_AUTHENTICATE: &str = "Basic realm=\"strata\", Bearer realm=\"strata\"";
+
 /// Marks a response whose failure [`ApiError::body`] already logged (with its error
 /// id), so the request log does not log it a second time.
 #[derive(Clone, Copy, Debug)]
@@ -236,6 +258,12 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(json!({ "error": self.body() }))).into_response();
         if status.is_server_error() {
             response.extensions_mut().insert(FailureLogged);
+        }
+        if matches!(self, ApiError::Unauthenticated) {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(WWW_AUTHENTICATE),
+            );
         }
         if let Some(after) = self.retry_after() {
             response.headers_mut().insert(

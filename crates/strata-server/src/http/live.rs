@@ -20,10 +20,12 @@ use futures_util::StreamExt;
 use serde_json::json;
 use strata::{Position, SubscribeFrom, Subscription, SubscriptionMessage};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::json::EventOutput;
 use super::params::{Params, StreamPath, ALL};
 use super::HttpState;
+use crate::auth::{Operation, StreamAction};
 use crate::metrics::{Api, ApiLabels, Metrics};
 use crate::slots::{Slot, SubscriptionSlots};
 
@@ -193,6 +195,7 @@ const LIVE_FRAMES_PER_CHUNK: usize = 256;
 /// `GET /streams/{stream}/live?from=&format=` (and the filters for `$all`).
 pub async fn live(
     State(http): State<HttpState>,
+    caller: Caller,
     StreamPath(stream): StreamPath,
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
@@ -206,6 +209,15 @@ pub async fn live(
         None
     };
     params.finish()?;
+    caller
+        .authorize(
+            &http,
+            Operation::Stream {
+                action: StreamAction::Read,
+                stream: &stream,
+            },
+        )
+        .await?;
     if http.state.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }

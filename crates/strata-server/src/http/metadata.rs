@@ -9,11 +9,13 @@ use serde::Serialize;
 use serde_json::Value;
 use strata::StreamMetadata;
 
+use super::auth::Caller;
 use super::error::{current_json, ApiError};
 use super::json::{body_bytes, parse};
 use super::params::{Params, StreamPath};
 use super::read::wait_for_position;
 use super::HttpState;
+use crate::auth::{Operation, StreamAction};
 
 /// A stream's metadata.
 #[derive(Serialize)]
@@ -31,11 +33,21 @@ pub struct MetadataResponse {
 /// `GET /streams/{stream}/metadata?min_position=`.
 pub async fn get(
     State(http): State<HttpState>,
+    caller: Caller,
     StreamPath(stream): StreamPath,
     mut params: Params,
 ) -> Result<Json<MetadataResponse>, ApiError> {
     let min_position = params.take_u64("min_position")?;
     params.finish()?;
+    caller
+        .authorize(
+            &http,
+            Operation::Stream {
+                action: StreamAction::MetadataRead,
+                stream: &stream,
+            },
+        )
+        .await?;
     wait_for_position(&http, min_position).await?;
     let result = http.state.store.stream_metadata(&stream).await?;
     Ok(Json(MetadataResponse {
@@ -64,12 +76,22 @@ pub struct WriteResponse {
 /// body (a JSON object); `expected_revision` applies to the metadata stream.
 pub async fn put(
     State(http): State<HttpState>,
+    caller: Caller,
     StreamPath(stream): StreamPath,
     mut params: Params,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WriteResponse>, ApiError> {
     let expected = params.take_expected()?;
     params.finish()?;
+    caller
+        .authorize(
+            &http,
+            Operation::Stream {
+                action: StreamAction::MetadataWrite,
+                stream: &stream,
+            },
+        )
+        .await?;
     let body = body_bytes(body, http.state.options.max_request_body)?;
     let value: Value = parse(&body)?;
     let metadata = StreamMetadata::from_json(&value).map_err(strata::AppendError::from)?;
@@ -90,12 +112,22 @@ pub async fn put(
 /// reads as not found until appended to again), or with `tombstone=true` a permanent one.
 pub async fn delete(
     State(http): State<HttpState>,
+    caller: Caller,
     StreamPath(stream): StreamPath,
     mut params: Params,
 ) -> Result<Json<WriteResponse>, ApiError> {
     let expected = params.take_expected()?;
     let tombstone = params.take_bool("tombstone")?;
     params.finish()?;
+    caller
+        .authorize(
+            &http,
+            Operation::Stream {
+                action: StreamAction::Delete,
+                stream: &stream,
+            },
+        )
+        .await?;
     let store = &http.state.store;
     let position = if tombstone {
         store.tombstone_stream(&stream, expected).await?

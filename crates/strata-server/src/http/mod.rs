@@ -7,6 +7,7 @@
 //! are strata's own (0-based, as the store numbers them).
 
 pub mod append;
+pub mod auth;
 pub mod error;
 pub mod hygiene;
 pub mod json;
@@ -25,6 +26,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::auth::Operation;
 use crate::state::ServerState;
 use error::ApiError;
 
@@ -42,6 +44,7 @@ pub fn router(state: ServerState) -> Router {
     let body_limit = DefaultBodyLimit::max(state.options.max_request_body);
     let http = HttpState { state };
     let trace = axum::middleware::from_fn_with_state(http.clone(), trace::trace);
+    let authenticate = axum::middleware::from_fn_with_state(http.clone(), auth::authenticate);
     let hygiene = axum::middleware::from_fn_with_state(
         std::sync::Arc::new(hygiene::Hygiene::new(&http.state.options)),
         hygiene::guard,
@@ -65,6 +68,9 @@ pub fn router(state: ServerState) -> Router {
         .route("/streams/{stream}/live", get(live::live))
         .fallback(no_route)
         .layer(body_limit)
+        // Inside the hygiene checks: a cross-site request is refused before any
+        // password is checked.
+        .layer(authenticate)
         // Inside `trace`, so refused requests are logged and counted like others.
         .layer(hygiene)
         .layer(trace)
@@ -84,7 +90,10 @@ async fn health(State(http): State<HttpState>) -> Response {
 
 /// `GET /metrics`: Prometheus text format. Disk use and the scrubber's counts are sampled
 /// here, at scrape time.
-async fn metrics(State(http): State<HttpState>) -> Response {
+async fn metrics(State(http): State<HttpState>, caller: auth::Caller) -> Response {
+    if let Err(error) = caller.authorize(&http, Operation::NodeRead).await {
+        return error.into_response();
+    }
     let metrics = &http.state.metrics;
     let connections = &http.state.connections;
     metrics
@@ -121,7 +130,8 @@ async fn metrics(State(http): State<HttpState>) -> Response {
 }
 
 /// `GET /stats`: counts and sizes, as `strata stats --json` prints them.
-async fn stats(State(http): State<HttpState>) -> Result<Response, ApiError> {
+async fn stats(State(http): State<HttpState>, caller: auth::Caller) -> Result<Response, ApiError> {
+    caller.authorize(&http, Operation::NodeRead).await?;
     let stats = http.state.store.stats().await?;
     Ok(Json(json!({
         "events": stats.events,

@@ -11,10 +11,12 @@ use strata::{
     RecordedEvent,
 };
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::json::EventOutput;
 use super::params::{Params, StreamPath, ALL};
 use super::HttpState;
+use crate::auth::{Operation, StreamAction};
 use crate::metrics::{Api, ApiLabels};
 
 /// Events a read returns when it gives no `limit`.
@@ -49,6 +51,7 @@ pub struct ReadResponse<'a> {
 /// for `$all` the filters of [`Params::take_filter`].
 pub async fn read(
     State(http): State<HttpState>,
+    caller: Caller,
     StreamPath(stream): StreamPath,
     mut params: Params,
 ) -> Result<axum::response::Response, ApiError> {
@@ -62,6 +65,15 @@ pub async fn read(
         None
     };
     params.finish()?;
+    caller
+        .authorize(
+            &http,
+            Operation::Stream {
+                action: StreamAction::Read,
+                stream: &stream,
+            },
+        )
+        .await?;
     wait_for_position(&http, min_position).await?;
     let (events, scan_stopped_at) = match filter {
         Some(filter) => {
@@ -210,6 +222,7 @@ pub struct ListResponse {
 /// by name.
 pub async fn list(
     State(http): State<HttpState>,
+    caller: Caller,
     mut params: Params,
 ) -> Result<Json<ListResponse>, ApiError> {
     let prefix = params.take("prefix")?;
@@ -227,6 +240,16 @@ pub async fn list(
     let include_system = params.take_bool("include_system")?;
     let min_position = params.take_u64("min_position")?;
     params.finish()?;
+    // The names of every stream are as telling as `$all`: the same permission.
+    caller
+        .authorize(
+            &http,
+            Operation::Stream {
+                action: StreamAction::Read,
+                stream: strata::stream::ALL_STREAM,
+            },
+        )
+        .await?;
     wait_for_position(&http, min_position).await?;
     let options = ListStreamsOptions {
         prefix,

@@ -29,6 +29,12 @@ impl Transport {
         }
     }
 
+    /// Whether clients must authenticate: with TLS. The insecure and loopback-only
+    /// modes allow everything, as KurrentDB's insecure mode does.
+    pub fn authenticates(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
     /// A short name for logs: `tls`, `insecure`, `loopback-only`.
     pub fn name(&self) -> &'static str {
         match self {

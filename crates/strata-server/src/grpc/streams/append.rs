@@ -9,6 +9,8 @@ use strata::{AppendError, CurrentRevision, ExpectedRevision};
 use tonic::{Status, Streaming};
 
 use super::wire;
+use crate::auth::{Operation, StreamAction};
+use crate::grpc::auth::Caller;
 use crate::grpc::convert;
 use crate::metrics::{Api, Outcome};
 use crate::proto::event_store::client::streams::append_req::options::ExpectedStreamRevision;
@@ -32,6 +34,7 @@ fn expected(option: Option<ExpectedStreamRevision>) -> ExpectedRevision {
 /// Runs one Append call.
 pub async fn append(
     state: &ServerState,
+    caller: &Caller,
     mut requests: Streaming<AppendReq>,
 ) -> Result<AppendResp, Status> {
     let options = match requests.message().await? {
@@ -45,6 +48,16 @@ pub async fn append(
         }
     };
     let stream = convert::stream_name(options.stream_identifier.as_ref())?;
+    // Before the events are received: a refused writer does not get to send them.
+    caller
+        .authorize(
+            state,
+            Operation::Stream {
+                action: StreamAction::Write,
+                stream: &stream,
+            },
+        )
+        .await?;
     let expected = expected(options.expected_stream_revision);
     let mut events = Vec::new();
     // The store's limits, checked as the events arrive: an append over them is refused
@@ -85,6 +98,9 @@ pub async fn append(
     let count = events.len();
     let started = Instant::now();
     let result = state.store.append(&stream, expected, events).await;
+    if result.is_ok() {
+        state.auth.appended(&stream);
+    }
     let outcome = match &result {
         Ok(_) => Outcome::Ok,
         Err(AppendError::WrongExpectedRevision { .. }) => Outcome::Conflict,

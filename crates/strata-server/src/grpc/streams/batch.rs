@@ -19,6 +19,8 @@ use tonic::{Code, Status, Streaming};
 use uuid::Uuid;
 
 use super::{wire, ResponseStream};
+use crate::auth::{Operation, StreamAction};
+use crate::grpc::auth::Caller;
 use crate::grpc::convert;
 use crate::metrics::{Api, Outcome};
 use crate::proto::event_store::client::streams::batch_append_req::options::ExpectedStreamPosition;
@@ -75,6 +77,7 @@ impl OpenBatch<'_> {
 /// that sends faster than the store appends is slowed down, not buffered.
 pub fn batch_append(
     state: ServerState,
+    caller: Caller,
     mut requests: Streaming<BatchAppendReq>,
 ) -> ResponseStream<BatchAppendResp> {
     let (sender, receiver) = mpsc::channel(64);
@@ -139,6 +142,33 @@ pub fn batch_append(
                     };
                     error_status("", &AppendError::Invalid(invalid))
                 });
+                // Checked when the batch opens, as KurrentDB does: a refused batch's
+                // events are not kept.
+                let invalid = match invalid {
+                    Some(invalid) => Some(invalid),
+                    None => match convert::stream_name(options.stream_identifier.as_ref()) {
+                        Ok(stream) => caller
+                            .authorize(
+                                &state,
+                                Operation::Stream {
+                                    action: StreamAction::Write,
+                                    stream: &stream,
+                                },
+                            )
+                            .await
+                            .err()
+                            .map(|status| match status.code() {
+                                Code::PermissionDenied => access_denied(),
+                                code => RpcStatus {
+                                    code: code as i32,
+                                    message: status.message().to_owned(),
+                                    details: None,
+                                },
+                            }),
+                        // Reported with the batch's other problems when it is final.
+                        Err(_) => None,
+                    },
+                };
                 open.insert(
                     correlation,
                     OpenBatch {
@@ -293,6 +323,9 @@ async fn complete(state: &ServerState, batch: Finished) -> BatchAppendResp {
     let count = batch.events.len();
     let started = Instant::now();
     let result = state.store.append(&stream, expected, batch.events).await;
+    if result.is_ok() {
+        state.auth.appended(&stream);
+    }
     let outcome = match &result {
         Ok(_) => Outcome::Ok,
         Err(AppendError::WrongExpectedRevision { .. }) => Outcome::Conflict,
@@ -333,6 +366,17 @@ fn detail<M: Message>(code: Code, message: String, type_name: &str, detail: &M) 
             value: detail.encode_to_vec(),
         }),
     }
+}
+
+/// KurrentDB's per-batch refusal: PERMISSION_DENIED, `AccessDenied`, with the packed
+/// `event_store.client.AccessDenied` detail.
+fn access_denied() -> RpcStatus {
+    detail(
+        Code::PermissionDenied,
+        "AccessDenied".to_owned(),
+        "event_store.client.AccessDenied",
+        &crate::proto::event_store::client::AccessDenied {},
+    )
 }
 
 fn bad_request(message: &str) -> RpcStatus {

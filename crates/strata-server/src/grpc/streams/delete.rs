@@ -3,6 +3,8 @@
 use strata::{ExpectedRevision, Position};
 use tonic::Status;
 
+use crate::auth::{Operation, StreamAction};
+use crate::grpc::auth::Caller;
 use crate::grpc::convert;
 use crate::proto::event_store::client::streams::{
     delete_req, delete_resp, tombstone_req, tombstone_resp, DeleteReq, DeleteResp, TombstoneReq,
@@ -34,12 +36,34 @@ fn expected_tombstone(
     }
 }
 
+/// Both calls need the stream's `$d`.
+async fn authorize_delete(
+    state: &ServerState,
+    caller: &Caller,
+    stream: &str,
+) -> Result<(), Status> {
+    caller
+        .authorize(
+            state,
+            Operation::Stream {
+                action: StreamAction::Delete,
+                stream,
+            },
+        )
+        .await
+}
+
 /// Runs one Delete call.
-pub async fn delete(state: &ServerState, request: DeleteReq) -> Result<DeleteResp, Status> {
+pub async fn delete(
+    state: &ServerState,
+    caller: &Caller,
+    request: DeleteReq,
+) -> Result<DeleteResp, Status> {
     let options = request
         .options
         .ok_or_else(|| Status::invalid_argument("'options' is a required argument"))?;
     let stream = convert::stream_name(options.stream_identifier.as_ref())?;
+    authorize_delete(state, caller, &stream).await?;
     let expected = expected_delete(options.expected_stream_revision);
     let position: Position = state
         .store
@@ -60,12 +84,14 @@ pub async fn delete(state: &ServerState, request: DeleteReq) -> Result<DeleteRes
 /// Runs one Tombstone call.
 pub async fn tombstone(
     state: &ServerState,
+    caller: &Caller,
     request: TombstoneReq,
 ) -> Result<TombstoneResp, Status> {
     let options = request
         .options
         .ok_or_else(|| Status::invalid_argument("'options' is a required argument"))?;
     let stream = convert::stream_name(options.stream_identifier.as_ref())?;
+    authorize_delete(state, caller, &stream).await?;
     let expected = expected_tombstone(options.expected_stream_revision);
     let position = state
         .store

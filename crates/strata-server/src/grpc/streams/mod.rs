@@ -12,6 +12,7 @@ use std::pin::Pin;
 use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::grpc::auth::Caller;
 use crate::proto::event_store::client::streams::streams_server::Streams;
 use crate::proto::event_store::client::streams::{
     AppendReq, AppendResp, BatchAppendReq, BatchAppendResp, DeleteReq, DeleteResp, ReadReq,
@@ -41,8 +42,8 @@ impl Streams for StreamsService {
     type BatchAppendStream = ResponseStream<BatchAppendResp>;
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<Self::ReadStream>, Status> {
-        let peer = crate::tls::client_address(&request);
-        let stream = read::read(self.state.clone(), peer, request.into_inner())?;
+        let caller = Caller::of(&request);
+        let stream = read::read(self.state.clone(), caller, request.into_inner()).await?;
         Ok(Response::new(stream))
     }
 
@@ -50,13 +51,15 @@ impl Streams for StreamsService {
         &self,
         request: Request<Streaming<AppendReq>>,
     ) -> Result<Response<AppendResp>, Status> {
-        append::append(&self.state, request.into_inner())
+        let caller = Caller::of(&request);
+        append::append(&self.state, &caller, request.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn delete(&self, request: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
-        delete::delete(&self.state, request.into_inner())
+        let caller = Caller::of(&request);
+        delete::delete(&self.state, &caller, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -65,7 +68,8 @@ impl Streams for StreamsService {
         &self,
         request: Request<TombstoneReq>,
     ) -> Result<Response<TombstoneResp>, Status> {
-        delete::tombstone(&self.state, request.into_inner())
+        let caller = Caller::of(&request);
+        delete::tombstone(&self.state, &caller, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -74,8 +78,10 @@ impl Streams for StreamsService {
         &self,
         request: Request<Streaming<BatchAppendReq>>,
     ) -> Result<Response<Self::BatchAppendStream>, Status> {
+        let caller = Caller::of(&request);
         Ok(Response::new(batch::batch_append(
             self.state.clone(),
+            caller,
             request.into_inner(),
         )))
     }

@@ -7,8 +7,6 @@
 //! Every read is produced by a task into a bounded channel, page by page: a client that
 //! reads slowly holds back the task, not the server's memory.
 
-use std::net::SocketAddr;
-
 use prost_types::Timestamp as WireTimestamp;
 use strata::{
     Direction, Filter, PageEnd, Position, ReadAllOptions, ReadError, ReadStreamOptions,
@@ -19,6 +17,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::{wire, ResponseStream};
+use crate::auth::{Operation, StreamAction};
+use crate::grpc::auth::Caller;
 use crate::grpc::convert;
 use crate::metrics::{Api, ApiLabels};
 use crate::proto::event_store::client::streams::read_req::options::{
@@ -173,16 +173,30 @@ fn server_filter(
     })
 }
 
-/// Starts one Read call.
-pub fn read(
+/// Starts one Read call, if `caller` may read its stream (or `$all`).
+pub async fn read(
     state: ServerState,
-    peer: Option<SocketAddr>,
+    caller: Caller,
     request: ReadReq,
 ) -> Result<ResponseStream<ReadResp>, Status> {
     let options = request
         .options
         .ok_or_else(|| Status::invalid_argument("'options' is a required argument"))?;
     let plan = parse(options)?;
+    let stream = match &plan.source {
+        Source::Stream { name, .. } => name.as_str(),
+        Source::All { .. } => strata::stream::ALL_STREAM,
+    };
+    caller
+        .authorize(
+            &state,
+            Operation::Stream {
+                action: StreamAction::Read,
+                stream,
+            },
+        )
+        .await?;
+    let peer = caller.address;
     let slot = match plan.count {
         Some(_) => None,
         None => Some(

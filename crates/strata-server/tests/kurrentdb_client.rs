@@ -1,9 +1,12 @@
 //! Acceptance: the official KurrentDB Python client (`kurrentdbclient` from PyPI, in a
 //! virtualenv this test creates) runs every script in `tests/python/` against a strata
 //! server — over the embedded store, over PostgreSQL, and over TLS with the client's
-//! usual connection string (`kurrentdb://admin:changeit@127.0.0.1:PORT?TlsCaFile=…`;
-//! the credentials are ignored until authentication exists), where a client trusting
-//! another CA must also fail (`tests/python/tls/wrong_ca.py`).
+//! usual connection string as a normal user (`kurrentdb://app:pw-app@127.0.0.1:PORT?TlsCaFile=…`,
+//! `app` being in `$ops` and granted `$all`), where a client trusting another CA must
+//! fail (`tests/python/tls/wrong_ca.py`), a user without rights gets the client's
+//! access-denied and unauthenticated errors (`denied.py`). (This client demands a
+//! login and password over TLS even with `UserCertFile`, and the credentials then
+//! decide: client certificates are tested with the Node client and in `auth.rs`.)
 //!
 //! Set `STRATA_SKIP_CLIENT_TESTS=1` to skip on a machine without Python or PyPI; the
 //! skip is printed, never silent. CI does not set it.
@@ -200,6 +203,43 @@ fn make_certificates(dir: &Path, ca_name: &str) {
     std::fs::write(dir.join("node.key"), node_key.serialize_pem()).unwrap();
 }
 
+/// The users of the TLS run: `app` (in `$ops`, so it may manage persistent
+/// subscriptions, and granted `$all` through its metadata) runs the scripts as a normal
+/// user; `bob` (no groups) is refused what he may not do; `restricted` is a stream only
+/// `app` may use.
+async fn make_users(store: &strata::Store) {
+    use strata_server::auth::users::{NewUser, Users};
+    let users = Users::new(store.clone(), strata_server::auth::Hasher::default());
+    users.ensure_defaults().await.unwrap();
+    for (login, groups) in [("app", vec!["$ops".to_owned()]), ("bob", vec![])] {
+        users
+            .create(NewUser {
+                login: login.into(),
+                full_name: String::new(),
+                groups,
+                password: format!("pw-{login}"),
+            })
+            .await
+            .unwrap();
+    }
+    for (stream, acl) in [
+        ("$all", serde_json::json!({ "$r": "app" })),
+        (
+            "restricted",
+            serde_json::json!({ "$r": "app", "$w": "app" }),
+        ),
+    ] {
+        let metadata = strata::StreamMetadata {
+            acl: Some(acl),
+            ..strata::StreamMetadata::default()
+        };
+        store
+            .set_stream_metadata(stream, strata::ExpectedRevision::Any, &metadata)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_client_over_tls() {
     if python().is_none() {
@@ -211,6 +251,7 @@ async fn official_python_client_over_tls() {
     make_certificates(&certs, "strata test CA");
     make_certificates(&other, "another CA");
     let store = strata::Store::open(dir.path().join("data")).unwrap();
+    make_users(&store).await;
     let transport = Transport::Tls(TlsOptions::new(
         certs.join("node.pem"),
         certs.join("node.key"),
@@ -220,17 +261,21 @@ async fn official_python_client_over_tls() {
     let extra: Vec<(PathBuf, String)> = scripts_in("tests/python/tls")
         .into_iter()
         .map(|script| {
-            (
-                script,
-                format!("kurrentdb://admin:changeit@{{addr}}?TlsCaFile={wrong_ca}"),
-            )
+            let name = script.file_stem().unwrap().to_string_lossy().to_string();
+            let uri = match name.as_str() {
+                "wrong_ca" => format!("kurrentdb://admin:changeit@{{addr}}?TlsCaFile={wrong_ca}"),
+                "denied" => format!("kurrentdb://bob:pw-bob@{{addr}}?TlsCaFile={ca}"),
+                other => panic!("tests/python/tls/{other}.py has no connection string here"),
+            };
+            (script, uri)
         })
         .collect();
-    assert!(!extra.is_empty());
+    assert_eq!(extra.len(), 2);
+    // The shared scripts run as `app`, a normal user with the rights they need.
     run_scripts_with(
         store,
         transport,
-        |addr| Some(format!("kurrentdb://admin:changeit@{addr}?TlsCaFile={ca}")),
+        |addr| Some(format!("kurrentdb://app:pw-app@{addr}?TlsCaFile={ca}")),
         &extra,
     )
     .await;

@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "event_store/client/persistent.proto",
     "event_store/client/gossip.proto",
     "event_store/client/serverfeatures.proto",
+    "event_store/client/users.proto",
     "google/rpc/code.proto",
     "google/rpc/status.proto",
     "kurrentdb/protocol/v2/streams.proto",

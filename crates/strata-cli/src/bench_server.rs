@@ -4,6 +4,11 @@
 //! next to the embedded library measured in the same run on the same disk. The server
 //! runs in this process on loopback, so client and server share the machine's cores, as
 //! they do on a one-box deployment.
+//!
+//! The secure server (TLS, authentication and stream ACLs) is measured next to the
+//! insecure one, in turns within the same run: gRPC appends over TLS by a normal user
+//! (so each call is authenticated from the login cache and authorized against the
+//! stream's ACL), as a ratio to the insecure gRPC appends.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -76,7 +81,8 @@ pub async fn run(
     let running = tokio::spawn(server.run_until(async {
         let _ = stopped.await;
     }));
-    let mut measured = appends(&store, addrs, repeat, timed, report).await;
+    let secure = SecureServer::start(root).await?;
+    let mut measured = appends(&store, addrs, &secure, repeat, timed, report).await;
     if measured.is_ok() {
         measured = deliveries(&store, addrs, repeat, quick, report).await;
     }
@@ -85,15 +91,194 @@ pub async fn run(
     // The server closes the store only if it holds the last handle.
     drop(store);
     let served = running.await.map_err(bench_error)?;
+    let secure_served = secure.stop().await;
     measured?;
     served?;
-    Ok(())
+    secure_served
+}
+
+/// The login the secure server's benchmark clients use: a normal user, not an
+/// administrator, so that every append is checked against the stream's ACL.
+const BENCH_USER: &str = "bench";
+const BENCH_PASSWORD: &str = "bench-password";
+
+/// A second server over TLS, with authentication on, and a client configuration that
+/// trusts it.
+struct SecureServer {
+    grpc: SocketAddr,
+    client_tls: Arc<rustls::ClientConfig>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<Result<(), strata_server::ServerError>>,
+}
+
+impl SecureServer {
+    /// Makes a CA and a node certificate in `root`, starts the server over its own
+    /// store and creates the benchmark user.
+    async fn start(root: &Path) -> Result<SecureServer, CliError> {
+        use crate::commands::certs::{create_ca, create_node, CreateCaArgs, CreateNodeArgs};
+        let certs = root.join("certs");
+        create_ca(&CreateCaArgs {
+            out: certs.clone(),
+            name: "strata bench CA".into(),
+            days: 2,
+        })
+        .map_err(bench_error)?;
+        create_node(&CreateNodeArgs {
+            ca_dir: certs.clone(),
+            name: "bench".into(),
+            ip: vec![[127, 0, 0, 1].into()],
+            dns: vec![],
+            out: certs.clone(),
+            days: 2,
+        })
+        .map_err(bench_error)?;
+        let store = Store::open(root.join("server-secure"))?;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let options = ServerOptions {
+            grpc: Some(loopback),
+            http: None,
+            transport: strata_server::Transport::Tls(strata_server::TlsOptions::new(
+                certs.join("node.pem"),
+                certs.join("node.key"),
+            )),
+            ..ServerOptions::default()
+        };
+        let server = Server::bind(store, options).await?;
+        server
+            .state()
+            .auth
+            .users()
+            .create(strata_server::auth::users::NewUser {
+                login: BENCH_USER.into(),
+                full_name: "strata bench".into(),
+                groups: vec![],
+                password: BENCH_PASSWORD.into(),
+            })
+            .await
+            .map_err(bench_error)?;
+        let grpc = server
+            .grpc_addr()
+            .ok_or_else(|| bench_error("no gRPC address"))?;
+        let ca = std::fs::read(certs.join("ca.pem")).map_err(bench_error)?;
+        let client_tls = client_tls(&ca)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run_until(async {
+            let _ = stopped.await;
+        }));
+        Ok(SecureServer {
+            grpc,
+            client_tls,
+            stop,
+            running,
+        })
+    }
+
+    async fn stop(self) -> Result<(), CliError> {
+        let _ = self.stop.send(());
+        self.running.await.map_err(bench_error)??;
+        Ok(())
+    }
+}
+
+/// A rustls client configuration trusting the CA in `ca_pem`, offering `h2`.
+fn client_tls(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, CliError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(certificate.map_err(bench_error)?)
+            .map_err(bench_error)?;
+    }
+    #[allow(deprecated)] // ring: the provider the server uses too.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(bench_error)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Sends the benchmark user's Basic credentials with every call, as the KurrentDB
+/// clients do.
+#[derive(Clone)]
+struct BasicAuth(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for BasicAuth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type SecureClient =
+    StreamsClient<tonic::service::interceptor::InterceptedService<Channel, BasicAuth>>;
+
+/// `clients` gRPC connections over TLS, each logged in as the benchmark user, append one
+/// event per call for `timed`.
+async fn secure_grpc_appends(
+    secure: &SecureServer,
+    clients: usize,
+    timed: Duration,
+) -> Result<Throughput, CliError> {
+    use base64::Engine as _;
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{BENCH_USER}:{BENCH_PASSWORD}"));
+    let header: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Basic {credentials}")
+            .parse()
+            .map_err(bench_error)?;
+    let mut connected = Vec::new();
+    for c in 0..clients {
+        let addr = secure.grpc;
+        let config = Arc::clone(&secure.client_tls);
+        let connector = tower::service_fn(move |_uri: tonic::codegen::http::Uri| {
+            let config = Arc::clone(&config);
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(
+                        rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
+                        tcp,
+                    )
+                    .await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(bench_error)?
+            .connect_with_connector(connector)
+            .await
+            .map_err(bench_error)?;
+        let client = StreamsClient::with_interceptor(channel, BasicAuth(header.clone()));
+        connected.push((client, bench_stream("grpc-secure", c)));
+    }
+    timed_appends(
+        connected,
+        timed,
+        |(mut client, stream): (SecureClient, String)| async move {
+            client
+                .append(tokio_stream::iter(append_request(&stream)))
+                .await
+                .map_err(bench_error)?;
+            Ok((client, stream))
+        },
+    )
+    .await
 }
 
 /// Single-event appends with 1 and 64 clients through each API and in-process.
 async fn appends(
     store: &Store,
     addrs: Addrs,
+    secure: &SecureServer,
     repeat: usize,
     timed: Duration,
     report: &mut Report,
@@ -102,15 +287,33 @@ async fn appends(
         let mut grpc_runs = Vec::new();
         let mut http_runs = Vec::new();
         let mut local_runs = Vec::new();
+        let mut secure_runs = Vec::new();
         for _ in 0..repeat {
             grpc_runs.push(grpc_appends(addrs.grpc, clients, timed).await?);
+            secure_runs.push(secure_grpc_appends(secure, clients, timed).await?);
             http_runs.push(http_appends(addrs.http, clients, timed).await?);
             local_runs.push(append_load(store, clients, 1, EVENT_DATA_BYTES, timed).await?);
         }
         let local = median_by(local_runs, |r| r.events_per_s);
         let grpc = median_by(grpc_runs, |r| r.events_per_s);
         let http = median_by(http_runs, |r| r.events_per_s);
+        let secured = median_by(secure_runs, |r| r.events_per_s);
         report.add(append_figure("gRPC Append", clients, &grpc, &local));
+        report.add(Figure {
+            ratio: Some((
+                "insecure gRPC".into(),
+                secured.events_per_s / grpc.events_per_s,
+            )),
+            p50_us: Some(secured.p50_us),
+            p99_us: Some(secured.p99_us),
+            ..figure(
+                format!(
+                    "gRPC Append over TLS as a user (authenticated, ACL checked), 1 event of 100 B, {clients} clients"
+                ),
+                secured.events_per_s,
+                "ev/s",
+            )
+        });
         report.add(append_figure(
             "HTTP POST /streams/{s}",
             clients,

@@ -142,7 +142,7 @@ impl Connector {
     }
 }
 
-impl tower_service::Service<Uri> for Connector {
+impl tower::Service<Uri> for Connector {
     type Response = Stream;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;

@@ -57,6 +57,7 @@ pub struct Cli {
     pub data: PathBuf,
     /// Use the PostgreSQL database at this URL instead of the directory
     /// (`postgres://user@host:port/database`).
+    /// TLS: add `?sslmode=verify-full&sslrootcert=CA.pem` (or disable, prefer, require, verify-ca).
     #[arg(long, global = true, value_name = "URL", env = "STRATA_POSTGRES")]
     pub postgres: Option<String>,
     /// Work against a running `strata serve` at this URL instead of a local store:

@@ -1,7 +1,11 @@
 //! A throw-away PostgreSQL cluster for tests and benchmarks: `initdb` in a temporary
 //! directory, `postgres` on a free loopback port, stopped when the process exits.
 //!
-//! Set `STRATA_TEST_POSTGRES_URL` to use an existing server instead.
+//! Set `STRATA_TEST_POSTGRES_URL` to use an existing server instead (its URL may carry
+//! `sslmode` and `sslrootcert`, as any connection string of the backend).
+//!
+//! [`TestCluster::start_tls`] starts one that speaks TLS with a certificate the caller
+//! made (the TLS tests make theirs with rcgen), optionally refusing clients without TLS.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -23,6 +27,29 @@ pub enum ClusterError {
         /// What happened.
         message: String,
     },
+}
+
+/// TLS for a [`TestCluster`]: the server's certificate and key, and whether plaintext
+/// clients are still let in.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The server's certificate (followed by any intermediates), PEM: written to
+    /// `server.crt` in the data directory (`ssl_cert_file`).
+    pub cert_pem: String,
+    /// The server's private key, PEM: written to `server.key` with mode 0600
+    /// (`ssl_key_file`; PostgreSQL refuses a key others can read).
+    pub key_pem: String,
+    /// Only TLS connections over TCP: `pg_hba.conf` has `hostssl` lines and no `host`
+    /// lines, so a client with `sslmode=disable` is refused. Otherwise both are accepted.
+    pub tls_only: bool,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("tls_only", &self.tls_only)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The cluster shared by every test of this process, started on first use.
@@ -70,7 +97,10 @@ pub async fn fresh_database(prefix: &str) -> Result<String, ClusterError> {
     let url = shared()?;
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let name = format!("{prefix}_{}_{n}", std::process::id());
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let config = crate::ConnectionConfig::parse(url)
+        .map_err(|e| failed("read the shared cluster's URL", e))?;
+    let (client, connection) = config
+        .connect()
         .await
         .map_err(|e| failed("connect to the shared cluster", e))?;
     let driver = tokio::spawn(connection);
@@ -108,6 +138,11 @@ impl TestCluster {
         &self.url
     }
 
+    /// The TCP port of a cluster started here (`None` for `STRATA_TEST_POSTGRES_URL`).
+    pub fn port(&self) -> Option<u16> {
+        self.server.as_ref().map(|server| server.port)
+    }
+
     /// Starts a cluster, or uses `STRATA_TEST_POSTGRES_URL` if set.
     pub fn start() -> Result<TestCluster, ClusterError> {
         if let Ok(url) = std::env::var("STRATA_TEST_POSTGRES_URL") {
@@ -118,6 +153,17 @@ impl TestCluster {
                 _dir: None,
             });
         }
+        TestCluster::start_local(None)
+    }
+
+    /// Starts a cluster with `ssl = on` and `tls`'s certificate, always a local one
+    /// (`STRATA_TEST_POSTGRES_URL` is not used: its server has certificates of its own).
+    /// Its [`url`](TestCluster::url) has no `sslmode`: add the one to test.
+    pub fn start_tls(tls: ServerTls) -> Result<TestCluster, ClusterError> {
+        TestCluster::start_local(Some(&tls))
+    }
+
+    fn start_local(tls: Option<&ServerTls>) -> Result<TestCluster, ClusterError> {
         let bin = find_binaries()?;
         remove_stale_clusters();
         let dir = tempfile::Builder::new()
@@ -149,6 +195,9 @@ impl TestCluster {
                 step: "initdb",
                 message: String::from_utf8_lossy(&output.stderr).into_owned(),
             });
+        }
+        if let Some(tls) = tls {
+            configure_tls(&data, tls, &user)?;
         }
         let port = free_port()?;
         let server = Server {
@@ -252,6 +301,42 @@ impl Drop for TestCluster {
     }
 }
 
+/// Writes the certificate and key into the data directory, turns `ssl` on and lets TCP
+/// clients in over TLS (`hostssl`), and also without it unless `tls.tls_only`.
+fn configure_tls(data: &Path, tls: &ServerTls, user: &ServerUser) -> Result<(), ClusterError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let write = |name: &str, contents: &str, mode: u32| -> Result<(), ClusterError> {
+        let path = data.join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(|e| failed("write the server's certificate", e))?;
+        file.write_all(contents.as_bytes())
+            .map_err(|e| failed("write the server's certificate", e))?;
+        user.own_file(&path)
+    };
+    write("server.crt", &tls.cert_pem, 0o644)?;
+    write("server.key", &tls.key_pem, 0o600)?;
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .map_err(|e| failed("turn ssl on in postgresql.conf", e))?;
+    conf.write_all(b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+        .map_err(|e| failed("turn ssl on in postgresql.conf", e))?;
+    let mut hba = String::from("local all all trust\n");
+    for address in ["127.0.0.1/32", "::1/128"] {
+        hba.push_str(&format!("hostssl all all {address} trust\n"));
+        if !tls.tls_only {
+            hba.push_str(&format!("host all all {address} trust\n"));
+        }
+    }
+    // Rewritten in place, so the file keeps its owner.
+    std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| failed("write pg_hba.conf", e))
+}
+
 /// Removes the directories of earlier clusters whose server has stopped (it removes its
 /// `postmaster.pid` when it does): a shared cluster lives until its process exits, so
 /// nothing else would.
@@ -343,6 +428,15 @@ impl ServerUser {
                 .map_err(|e| failed("chown the cluster directory", e))?;
         }
         Ok(())
+    }
+
+    /// Gives a file written by this process to the server's user (when running as root).
+    fn own_file(&self, path: &Path) -> Result<(), ClusterError> {
+        let Some((uid, gid)) = self.ids else {
+            return Ok(());
+        };
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| failed("chown a file of the cluster", e))
     }
 
     fn command(&self, program: PathBuf) -> Command {

@@ -14,8 +14,18 @@ pub fn backend(error: tokio_postgres::Error) -> StorageError {
             code.starts_with("08") || code.starts_with("57P")
         }
     };
-    // tokio-postgres prints a server error as just "db error": say what the server said.
-    let message = match error.as_db_error() {
+    let message = describe(&error);
+    StorageError::Backend {
+        backend: "postgres",
+        message,
+        transient,
+    }
+}
+
+/// What `error` says, with the server's own message: tokio-postgres prints a server
+/// error as just "db error".
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
         Some(db) => match db.detail() {
             Some(detail) => format!(
                 "{} ({}): {} ({detail})",
@@ -25,13 +35,26 @@ pub fn backend(error: tokio_postgres::Error) -> StorageError {
             ),
             None => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
         },
-        None => error.to_string(),
-    };
-    StorageError::Backend {
-        backend: "postgres",
-        message,
-        transient,
+        None => with_causes(error),
     }
+}
+
+/// `error`'s message followed by its causes' (`a: b: c`): tokio-postgres' own messages
+/// name only the kind of failure ("error connecting to server"), the cause says what
+/// happened ("Connection refused").
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Some errors repeat their cause in their own message.
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 /// A connection pool error as a storage error. Waiting longer than the pool's wait
@@ -89,4 +112,39 @@ pub fn is_transient(error: &strata::AppendError) -> bool {
             ..
         })
     )
+}
+
+/// A failure to open a connection that retrying cannot fix, as a storage error (not
+/// transient): the TLS handshake failed (the certificate was refused: the message names
+/// the host and `sslmode`), the server does not offer TLS to a mode that requires it, or
+/// the server refused the client (SQLSTATE class 28: `pg_hba.conf`, password). `None`
+/// for anything else (the server may be starting up).
+pub fn permanent_connect_failure(error: &deadpool_postgres::PoolError) -> Option<StorageError> {
+    let deadpool_postgres::PoolError::Backend(error) = error else {
+        return None;
+    };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(handshake) = cause.downcast_ref::<crate::tls::TlsHandshakeError>() {
+            return Some(StorageError::Backend {
+                backend: "postgres",
+                message: handshake.to_string(),
+                transient: false,
+            });
+        }
+        source = cause.source();
+    }
+    let refused = error
+        .as_db_error()
+        .is_some_and(|db| db.code().code().starts_with("28"));
+    // tokio-postgres' own TLS failures ("server does not support TLS") carry no type of
+    // their own: its message for the kind is the only mark.
+    let tls = error
+        .to_string()
+        .starts_with("error performing TLS handshake");
+    (refused || tls).then(|| StorageError::Backend {
+        backend: "postgres",
+        message: describe(error),
+        transient: false,
+    })
 }

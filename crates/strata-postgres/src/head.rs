@@ -8,13 +8,16 @@
 //! after one with a higher position is simply read after it is finished — never skipped.
 //! The cost: any long transaction in the database holds readers back until it ends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use strata::Position;
+
+use crate::ConnectionConfig;
 
 /// The channel appends notify after commit.
 pub const CHANNEL: &str = "strata_events";
@@ -30,7 +33,7 @@ pub const SAFE_BOUND_SQL: &str = "(pg_snapshot_xmin(pg_current_snapshot())::text
 /// appends (`appended`), by other processes' through `LISTEN`, with polling as the
 /// fallback; reconnects after errors.
 pub async fn watch_head(
-    url: String,
+    config: Arc<ConnectionConfig>,
     head: watch::Sender<Option<Position>>,
     appended: watch::Receiver<u64>,
 ) {
@@ -38,7 +41,7 @@ pub async fn watch_head(
         if head.is_closed() {
             return;
         }
-        if let Err(error) = listen(&url, &head, appended.clone()).await {
+        if let Err(error) = listen(&config, &head, appended.clone()).await {
             tracing::warn!(%error, "head watcher lost its connection; reconnecting");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -46,11 +49,11 @@ pub async fn watch_head(
 }
 
 async fn listen(
-    url: &str,
+    config: &ConnectionConfig,
     head: &watch::Sender<Option<Position>>,
     mut appended: watch::Receiver<u64>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, mut connection) = config.connect().await?;
     let (notify, mut notified) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -112,9 +115,9 @@ async fn listen(
 /// of appends (a wake-up that arrives while a notification is being sent is carried by
 /// the next one), on a connection of its own, so an append costs no statement for it.
 /// Ends when the store is dropped.
-pub async fn notify_others(url: String, mut appended: watch::Receiver<u64>) {
+pub async fn notify_others(config: Arc<ConnectionConfig>, mut appended: watch::Receiver<u64>) {
     loop {
-        let (client, connection) = match tokio_postgres::connect(&url, NoTls).await {
+        let (client, connection) = match config.connect().await {
             Ok(pair) => pair,
             Err(error) => {
                 tracing::warn!(%error, "append notifier cannot connect; retrying");

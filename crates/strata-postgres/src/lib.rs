@@ -11,6 +11,28 @@
 //! # let _ = store; Ok(()) }
 //! ```
 //!
+//! ## TLS
+//!
+//! The connection string carries libpq's `sslmode` (`disable`, `prefer` — the default —,
+//! `require`, `verify-ca`, `verify-full`) and `sslrootcert` (a PEM file of the certificate
+//! authorities to trust), in the URL form or the `key=value` form:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = strata_postgres::connect(
+//!     "postgres://strata@db.example/strata?sslmode=verify-full&sslrootcert=/etc/strata/pg-ca.pem",
+//! )
+//! .await?;
+//! # let _ = store; Ok(()) }
+//! ```
+//!
+//! `require` encrypts without checking the certificate (unless `sslrootcert` is given,
+//! then its chain is checked, as libpq does), `verify-ca` checks the chain, `verify-full`
+//! the chain and the host name. Every connection the backend opens (the pool, the head
+//! watcher, the notifier) uses the same [`ConnectionConfig`]; see [`tls`] for the details
+//! and [`ConfigError`] for what a bad setting gives. TLS is rustls with the *ring*
+//! provider.
+//!
 //! Global positions are `transaction id << 20 | index`: strictly increasing in the order
 //! readers see them, never reused, but not contiguous. Readers of the global log and
 //! subscriptions only see positions below the oldest running transaction (see [`head`]),
@@ -21,6 +43,7 @@
 mod append;
 pub mod cluster;
 mod combine;
+mod config;
 mod error;
 pub mod head;
 mod leases;
@@ -28,10 +51,13 @@ mod read;
 mod schema;
 mod sink;
 mod snapshots;
+pub mod tls;
 
+pub use config::{ConfigError, ConnectionConfig};
 pub use leases::PostgresLeases;
 pub use sink::{CommitFault, PostgresSink, SinkRuntimeError};
 pub use snapshots::PostgresSnapshots;
+pub use tls::SslMode;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +66,6 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use strata::scan::ScanSlots;
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
 use strata::{
     AppendError, AppendRequest, AppendResult, EventStore, ExpectedRevision, Limits,
@@ -129,7 +154,9 @@ impl Default for PostgresOptions {
 }
 
 /// Connects to PostgreSQL at `url`, creating or migrating the schema, and returns a
-/// [`Store`] handle.
+/// [`Store`] handle. `url` may carry `sslmode` and `sslrootcert` (see [`tls`]); a bad
+/// TLS setting is [`OpenError::InvalidOptions`] naming the file and the mode, a refused
+/// certificate a non-transient [`StorageError::Backend`], both without retrying.
 pub async fn connect(url: &str) -> Result<Store, OpenError> {
     Ok(Store::from_backend(Arc::new(
         PostgresStore::connect(url, PostgresOptions::default()).await?,
@@ -162,15 +189,15 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects, migrates the schema and starts watching the head.
+    /// Connects, migrates the schema and starts watching the head. `url` is read by
+    /// [`ConnectionConfig::parse`] (TLS settings included).
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<PostgresStore, OpenError> {
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e| OpenError::InvalidOptions {
-                reason: format!("invalid PostgreSQL URL: {e}"),
-            })?;
+        let config = ConnectionConfig::parse(url).map_err(|e| OpenError::InvalidOptions {
+            reason: e.to_string(),
+        })?;
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            config.postgres().clone(),
+            config.tls().clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -200,8 +227,9 @@ impl PostgresStore {
         let (sender, head) = watch::channel(initial.map(|p| Position(p as u64)));
         let (appended, appends) = watch::channel(0u64);
         let head_sender = sender.clone();
-        tokio::spawn(head::watch_head(url.to_owned(), sender, appends.clone()));
-        tokio::spawn(head::notify_others(url.to_owned(), appends));
+        let config = Arc::new(config);
+        tokio::spawn(head::watch_head(config.clone(), sender, appends.clone()));
+        tokio::spawn(head::notify_others(config, appends));
         let combiner = combine::Combiner::start(
             pool.clone(),
             options.append_workers,
@@ -389,19 +417,26 @@ pub const VISIBLE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs
 /// How long an append keeps retrying on broken connections before it reports the error.
 pub const RETRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The first connection, retried while the server starts up.
+/// The first connection, retried while the server starts up. Failures no retry can fix
+/// (a refused certificate, a server without TLS under a mode that needs it, refused
+/// authentication) are reported at once.
 async fn connect_retrying(pool: &Pool) -> Result<deadpool_postgres::Object, OpenError> {
     let mut last = None;
     for _ in 0..50 {
         match pool.get().await {
             Ok(client) => return Ok(client),
-            Err(error) => last = Some(error),
+            Err(error) => {
+                if let Some(permanent) = error::permanent_connect_failure(&error) {
+                    return Err(OpenError::Storage(permanent));
+                }
+                last = Some(error);
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Err(OpenError::Storage(error::other(last.map_or_else(
         || "no connection".to_owned(),
-        |e| e.to_string(),
+        |e| error::with_causes(&e),
     ))))
 }
 

@@ -27,6 +27,10 @@ pub mod event_store {
         pub mod gossip {
             include!(concat!(env!("OUT_DIR"), "/event_store.client.gossip.rs"));
         }
+        /// `event_store.client.users`.
+        pub mod users {
+            include!(concat!(env!("OUT_DIR"), "/event_store.client.users.rs"));
+        }
         /// `event_store.client.server_features`.
         pub mod server_features {
             include!(concat!(

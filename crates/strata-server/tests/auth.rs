@@ -729,3 +729,329 @@ async fn an_address_that_keeps_failing_is_slowed_down() {
     assert_ne!(response.status, StatusCode::UNAUTHORIZED);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_users_service_manages_accounts_as_kurrentdb_answers() {
+    use strata_server::proto::event_store::client::users as pb;
+    use strata_server::proto::event_store::client::users::users_client::UsersClient;
+    let (server, ca) = server().await;
+    let users = |credentials: Credentials| {
+        let config = client_config(&ca.pem, &[b"h2"], None);
+        async move {
+            UsersClient::with_interceptor(
+                grpc_channel(server.grpc, config).await.unwrap(),
+                credentials,
+            )
+        }
+    };
+    let create = |login: &str, password: &str| pb::CreateReq {
+        options: Some(pb::create_req::Options {
+            login_name: login.into(),
+            password: password.into(),
+            full_name: "Erin E.".into(),
+            groups: vec!["sales".into()],
+        }),
+    };
+    let mut admin = users(Credentials::admin()).await;
+    admin.create(create("erin", "pw-erin")).await.unwrap();
+    let conflict = admin.create(create("erin", "again")).await.unwrap_err();
+    assert_eq!(conflict.code(), Code::FailedPrecondition);
+    assert_eq!(
+        conflict.metadata().get("exception").unwrap(),
+        "user-conflict"
+    );
+
+    let details = |login: &str| pb::DetailsReq {
+        options: Some(pb::details_req::Options {
+            login_name: login.into(),
+        }),
+    };
+    let mut stream = admin.details(details("erin")).await.unwrap().into_inner();
+    let erin = stream
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .user_details
+        .unwrap();
+    assert_eq!(erin.login_name, "erin");
+    assert_eq!(erin.groups, ["sales"]);
+    assert!(!erin.disabled);
+    assert!(erin.last_updated.unwrap().ticks_since_epoch > 0);
+    let missing = admin.details(details("nobody")).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(
+        missing.metadata().get("exception").unwrap(),
+        "user-not-found"
+    );
+    assert_eq!(missing.metadata().get("login-name").unwrap(), "nobody");
+    // An empty login lists everyone.
+    let mut all = admin.details(details("")).await.unwrap().into_inner();
+    let mut logins = Vec::new();
+    while let Some(response) = all.message().await.unwrap() {
+        logins.push(response.user_details.unwrap().login_name);
+    }
+    assert_eq!(
+        logins,
+        ["admin", "alice", "bob", "carol", "dave", "erin", "ops"]
+    );
+
+    // The new user works at once; a normal user manages nobody, reads only itself.
+    let mut erin = users(user("erin")).await;
+    let refused = erin.create(create("frank", "pw")).await.unwrap_err();
+    assert_eq!(status_code(&refused), Code::PermissionDenied);
+    assert_eq!(
+        status_code(&erin.details(details("alice")).await.unwrap_err()),
+        Code::PermissionDenied
+    );
+    erin.details(details("erin")).await.unwrap();
+
+    // Changing one's own password needs the current one.
+    let change = |current: &str, new: &str| pb::ChangePasswordReq {
+        options: Some(pb::change_password_req::Options {
+            login_name: "erin".into(),
+            current_password: current.into(),
+            new_password: new.into(),
+        }),
+    };
+    assert_eq!(
+        status_code(
+            &erin
+                .change_password(change("wrong", "x"))
+                .await
+                .unwrap_err()
+        ),
+        Code::PermissionDenied
+    );
+    erin.change_password(change("pw-erin", "new-erin"))
+        .await
+        .unwrap();
+    let mut streams = client(&server, &ca, user("erin")).await;
+    assert_eq!(
+        grpc_read(&mut streams, "orders-1").await,
+        Code::Unauthenticated,
+        "old password"
+    );
+    let mut streams = client(&server, &ca, Credentials::basic("erin", "new-erin")).await;
+    assert_ne!(
+        grpc_read(&mut streams, "orders-1").await,
+        Code::Unauthenticated
+    );
+
+    // Disable, reset, enable, delete: each takes effect on the next call.
+    let login = || pb::DisableReq {
+        options: Some(pb::disable_req::Options {
+            login_name: "erin".into(),
+        }),
+    };
+    admin.disable(login()).await.unwrap();
+    assert_eq!(
+        grpc_read(&mut streams, "orders-1").await,
+        Code::Unauthenticated,
+        "disabled"
+    );
+    admin
+        .reset_password(pb::ResetPasswordReq {
+            options: Some(pb::reset_password_req::Options {
+                login_name: "erin".into(),
+                new_password: "reset-erin".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    admin
+        .enable(pb::EnableReq {
+            options: Some(pb::enable_req::Options {
+                login_name: "erin".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    let mut streams = client(&server, &ca, Credentials::basic("erin", "reset-erin")).await;
+    assert_ne!(
+        grpc_read(&mut streams, "orders-1").await,
+        Code::Unauthenticated
+    );
+    admin
+        .update(pb::UpdateReq {
+            options: Some(pb::update_req::Options {
+                login_name: "erin".into(),
+                password: String::new(),
+                full_name: "Erin F.".into(),
+                groups: vec!["$admins".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        grpc_read(&mut streams, "$all").await,
+        Code::Ok,
+        "now an administrator"
+    );
+    admin
+        .delete(pb::DeleteReq {
+            options: Some(pb::delete_req::Options {
+                login_name: "erin".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        grpc_read(&mut streams, "orders-1").await,
+        Code::Unauthenticated,
+        "deleted"
+    );
+    let gone = admin.disable(login()).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn users_and_tokens_over_http() {
+    let (server, ca) = server().await;
+    let admin = Credentials::admin();
+    let created = http(
+        &server,
+        &ca,
+        &admin,
+        Method::POST,
+        "/users",
+        &json!({"login": "erin", "full_name": "Erin", "groups": ["sales"], "password": "pw-erin"})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(created.json()["login_name"], "erin");
+    assert!(
+        !created.body.windows(7).any(|w| w == b"pw-erin"),
+        "no password echoed"
+    );
+    assert!(
+        !String::from_utf8_lossy(&created.body).contains("argon2"),
+        "no hash shown"
+    );
+    let again = http(
+        &server,
+        &ca,
+        &admin,
+        Method::POST,
+        "/users",
+        &json!({"login": "erin", "password": "x"}).to_string(),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.json()["error"]["code"], "user_exists");
+    let bad = http(
+        &server,
+        &ca,
+        &admin,
+        Method::POST,
+        "/users",
+        &json!({"login": "a:b", "password": "x"}).to_string(),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json()["error"]["code"], "invalid_user");
+
+    let me = http(&server, &ca, &user("erin"), Method::GET, "/me", "").await;
+    assert_eq!(
+        me.json(),
+        json!({"login": "erin", "groups": ["sales"], "method": "password", "authentication": "on"})
+    );
+    let list = http(&server, &ca, &user("erin"), Method::GET, "/users", "").await;
+    assert_eq!(list.status, StatusCode::FORBIDDEN);
+    let list = http(&server, &ca, &admin, Method::GET, "/users", "").await;
+    assert_eq!(list.json()["users"].as_array().unwrap().len(), 7);
+
+    let change = http(
+        &server,
+        &ca,
+        &user("erin"),
+        Method::POST,
+        "/users/erin/password",
+        &json!({"current_password": "wrong", "new_password": "x"}).to_string(),
+    )
+    .await;
+    assert_eq!(change.json()["error"]["code"], "wrong_current_password");
+    let disabled = http(
+        &server,
+        &ca,
+        &admin,
+        Method::POST,
+        "/users/erin/disable",
+        "{}",
+    )
+    .await;
+    assert_eq!(disabled.json()["disabled"], true);
+    let refused = http(&server, &ca, &user("erin"), Method::GET, "/me", "").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let missing = http(&server, &ca, &admin, Method::DELETE, "/users/nobody", "").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.json()["error"]["code"], "user_not_found");
+
+    // Tokens: created by an admin, shown once, listed without secrets, revocable.
+    let token = http(
+        &server,
+        &ca,
+        &admin,
+        Method::POST,
+        "/tokens",
+        &json!({"login": "alice", "description": "metrics scraper", "ttl_seconds": 3600})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(token.status, StatusCode::CREATED, "{:?}", token.body);
+    let secret = token.json()["token"].as_str().unwrap().to_owned();
+    let id = token.json()["id"].as_str().unwrap().to_owned();
+    assert!(
+        token.json()["expires_ms"].as_u64().unwrap() > token.json()["created_ms"].as_u64().unwrap()
+    );
+    let bearer = Credentials::bearer(&secret);
+    let me = http(&server, &ca, &bearer, Method::GET, "/me", "").await;
+    assert_eq!(me.json()["login"], "alice");
+    assert_eq!(me.json()["method"], "token");
+    let listed = http(&server, &ca, &admin, Method::GET, "/tokens", "").await;
+    let (_, secret_part) = secret.rsplit_once('_').unwrap();
+    assert!(
+        !String::from_utf8_lossy(&listed.body).contains(secret_part),
+        "never shown again"
+    );
+    assert_eq!(listed.json()["tokens"][0]["id"], id.as_str());
+    let not_admin = http(
+        &server,
+        &ca,
+        &bearer,
+        Method::POST,
+        "/tokens",
+        &json!({"login": "alice"}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        not_admin.status,
+        StatusCode::FORBIDDEN,
+        "a token cannot mint tokens for a non-admin"
+    );
+    let revoked = http(
+        &server,
+        &ca,
+        &admin,
+        Method::DELETE,
+        &format!("/tokens/{id}"),
+        "",
+    )
+    .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    let after = http(&server, &ca, &bearer, Method::GET, "/me", "").await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+    let unknown = http(
+        &server,
+        &ca,
+        &admin,
+        Method::DELETE,
+        "/tokens/0000000000000000",
+        "",
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}

@@ -1176,6 +1176,12 @@ async fn metrics_count_appends_and_openapi_lists_the_paths() {
         "/streams/{stream}",
         "/streams/{stream}/metadata",
         "/streams/{stream}/live",
+        "/me",
+        "/users",
+        "/users/{login}",
+        "/users/{login}/password",
+        "/tokens",
+        "/tokens/{id}",
     ] {
         assert!(paths.contains_key(path), "{path} is documented");
     }

@@ -17,6 +17,7 @@ const STREAMS: &str = "event_store.client.streams.streams";
 const PERSISTENT: &str = "event_store.client.persistent_subscriptions.persistentsubscriptions";
 const GOSSIP: &str = "event_store.client.gossip.gossip";
 const FEATURES: &str = "event_store.client.server_features.serverfeatures";
+const USERS: &str = "event_store.client.users.users";
 const V2_STREAMS: &str = "kurrentdb.protocol.v2.streams.streamsservice";
 
 /// Every method strata serves: `(service, method, features)`, lower-cased as
@@ -34,7 +35,16 @@ pub const SUPPORTED: &[(&str, &str, &[&str])] = &[
     (PERSISTENT, "getinfo", &["stream", "all"]),
     (PERSISTENT, "replayparked", &["stream", "all"]),
     (PERSISTENT, "list", &["stream", "all"]),
+    (PERSISTENT, "restartsubsystem", &[]),
     (GOSSIP, "read", &[]),
+    (USERS, "create", &[]),
+    (USERS, "update", &[]),
+    (USERS, "delete", &[]),
+    (USERS, "disable", &[]),
+    (USERS, "enable", &[]),
+    (USERS, "details", &[]),
+    (USERS, "changepassword", &[]),
+    (USERS, "resetpassword", &[]),
     (FEATURES, "getsupportedmethods", &[]),
     (V2_STREAMS, "appendsession", &[]),
     (V2_STREAMS, "appendrecords", &[]),

@@ -8,6 +8,7 @@ pub mod gossip;
 pub mod persistent;
 pub mod requests;
 pub mod streams;
+pub mod users;
 pub mod v2;
 
 use tonic::transport::server::Router;
@@ -17,6 +18,7 @@ use crate::proto::event_store::client::gossip::gossip_server::GossipServer;
 use crate::proto::event_store::client::persistent_subscriptions::persistent_subscriptions_server::PersistentSubscriptionsServer;
 use crate::proto::event_store::client::server_features::server_features_server::ServerFeaturesServer;
 use crate::proto::event_store::client::streams::streams_server::StreamsServer;
+use crate::proto::event_store::client::users::users_server::UsersServer;
 use crate::proto::kurrentdb::protocol::v2::streams::streams_service_server::StreamsServiceServer;
 use crate::state::ServerState;
 
@@ -50,6 +52,7 @@ pub fn router(state: ServerState) -> Router<Stack<auth::AuthLayer, tower_layer::
         )
         .add_service(ServerFeaturesServer::new(features::FeaturesService))
         .add_service(GossipServer::new(gossip::GossipService::new(state.clone())))
+        .add_service(UsersServer::new(users::UsersService::new(state.clone())))
         .add_service(PersistentSubscriptionsServer::new(
             persistent::PersistentService::new(state),
         ))

@@ -114,6 +114,12 @@ pub enum ApiError {
         /// On which stream.
         stream: Option<String>,
     },
+    /// A user operation failed.
+    #[error(transparent)]
+    Users(crate::auth::UserError),
+    /// A token operation failed.
+    #[error(transparent)]
+    Tokens(crate::auth::tokens::TokenError),
     /// A CORS preflight from an origin that is not allowed.
     #[error("cross-origin requests from {origin:?} are not allowed (see --cors-origin)")]
     CorsOriginNotAllowed {
@@ -172,6 +178,8 @@ impl ApiError {
             }
             ApiError::HostNotAllowed { .. } => (StatusCode::FORBIDDEN, "host_not_allowed"),
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Users(error) => user_parts(error, &mut extra),
+            ApiError::Tokens(error) => token_parts(error),
             ApiError::AccessDenied { stream, .. } => {
                 if let Some(stream) = stream {
                     extra.insert("stream".into(), json!(stream));
@@ -241,6 +249,49 @@ impl ApiError {
         }
         object.append(&mut extra);
         Value::Object(object)
+    }
+}
+
+fn user_parts(
+    error: &crate::auth::UserError,
+    extra: &mut Map<String, Value>,
+) -> (StatusCode, &'static str) {
+    use crate::auth::UserError as E;
+    match error {
+        E::NotFound { login } => {
+            extra.insert("login".into(), json!(login));
+            (StatusCode::NOT_FOUND, "user_not_found")
+        }
+        E::AlreadyExists { login } => {
+            extra.insert("login".into(), json!(login));
+            (StatusCode::CONFLICT, "user_exists")
+        }
+        E::Conflict { login } => {
+            extra.insert("login".into(), json!(login));
+            (StatusCode::CONFLICT, "user_conflict")
+        }
+        E::WrongPassword { .. } => (StatusCode::BAD_REQUEST, "wrong_current_password"),
+        E::Invalid { field, .. } => {
+            extra.insert("field".into(), json!(field));
+            (StatusCode::BAD_REQUEST, "invalid_user")
+        }
+        E::Read(ReadError::Storage(_)) | E::Append(AppendError::Storage(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
+        }
+        E::Corrupt { .. } | E::Password(_) | E::Read(_) | E::Append(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "user_operation_failed")
+        }
+    }
+}
+
+fn token_parts(error: &crate::auth::tokens::TokenError) -> (StatusCode, &'static str) {
+    use crate::auth::tokens::TokenError as E;
+    match error {
+        E::NotFound { .. } => (StatusCode::NOT_FOUND, "token_not_found"),
+        E::InvalidDescription => (StatusCode::BAD_REQUEST, "invalid_token"),
+        E::User(_) | E::Corrupt { .. } | E::Random | E::Read(_) | E::Append(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "token_operation_failed")
+        }
     }
 }
 

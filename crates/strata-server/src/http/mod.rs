@@ -18,11 +18,12 @@ pub mod params;
 pub mod read;
 pub mod serve;
 pub mod trace;
+pub mod users;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -66,6 +67,18 @@ pub fn router(state: ServerState) -> Router {
             get(metadata::get).put(metadata::put),
         )
         .route("/streams/{stream}/live", get(live::live))
+        .route("/me", get(users::me))
+        .route("/users", get(users::list).post(users::create))
+        .route(
+            "/users/{login}",
+            get(users::get).put(users::update).delete(users::delete),
+        )
+        .route("/users/{login}/enable", post(users::enable))
+        .route("/users/{login}/disable", post(users::disable))
+        .route("/users/{login}/password", post(users::change_password))
+        .route("/users/{login}/reset-password", post(users::reset_password))
+        .route("/tokens", get(users::tokens).post(users::create_token))
+        .route("/tokens/{id}", delete(users::revoke_token))
         .fallback(no_route)
         .layer(body_limit)
         // Inside the hygiene checks: a cross-site request is refused before any

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use strata::Store;
 use strata_server::auth::tokens::TokenInfo;
-use strata_server::auth::{Hasher, Tokens, Users};
+use strata_server::auth::Tokens;
 
-use super::{close_store, open_store, Target};
+use super::{close_store, Target};
 use crate::client::{encode, ServerClient};
 use crate::error::{output_error, CliError};
 use crate::output::{time_ms, write_json_line, Table};
@@ -128,8 +128,7 @@ pub async fn run(target: &Target, command: TokenCommand) -> Result<(), CliError>
         Some(client) => Backend::Remote(Box::new(client)),
         None => {
             let create = matches!(command, TokenCommand::Create(_));
-            let store = open_store(target, create).await?;
-            let users = Users::new(store.clone(), Hasher::default());
+            let (store, users) = super::user::open_users(target, create).await?;
             let tokens = Tokens::new(store.clone(), users);
             Backend::Local(store, tokens)
         }

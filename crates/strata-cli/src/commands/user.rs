@@ -156,24 +156,8 @@ impl Backend {
         if let Some(client) = target.client()? {
             return Ok(Backend::Remote(Box::new(client)));
         }
-        let store = open_store(target, create).await?;
-        let users = Users::new(store.clone(), Hasher::default());
-        match users.ensure_defaults().await {
-            Ok(created) => {
-                if !created.is_empty() {
-                    eprintln!(
-                        "note: created the default users {} (password \"changeit\"), as the \
-                         first start with TLS would",
-                        created.join(" and ")
-                    );
-                }
-                Ok(Backend::Local(store, users))
-            }
-            Err(error) => {
-                close_store(store).await?;
-                Err(error.into())
-            }
-        }
+        let (store, users) = open_users(target, create).await?;
+        Ok(Backend::Local(store, users))
     }
 
     /// Closes a local store.
@@ -181,6 +165,30 @@ impl Backend {
         match self {
             Backend::Remote(_) => Ok(()),
             Backend::Local(store, _) => close_store(store).await,
+        }
+    }
+}
+
+/// Opens the local store of `target` (created if `create`) and its users, creating the
+/// default users (`admin`, `ops`, password `changeit`) if the store never had them, as
+/// the first start with TLS would: so that `user passwd admin` works before it.
+pub async fn open_users(target: &Target, create: bool) -> Result<(Store, Users), CliError> {
+    let store = open_store(target, create).await?;
+    let users = Users::new(store.clone(), Hasher::default());
+    match users.ensure_defaults().await {
+        Ok(created) => {
+            if !created.is_empty() {
+                eprintln!(
+                    "note: created the default users {} (password \"changeit\"), as the \
+                     first start with TLS would",
+                    created.join(" and ")
+                );
+            }
+            Ok((store, users))
+        }
+        Err(error) => {
+            close_store(store).await?;
+            Err(error.into())
         }
     }
 }

@@ -1,14 +1,20 @@
 //! The HTTP client of `--server URL`: the commands that work against a running
-//! `strata serve` (append, read, tail, streams, stats) talk to its HTTP/JSON API here.
+//! `strata serve` (append, read, tail, streams, stats, user, token) talk to its
+//! HTTP/JSON API here.
 //!
-//! Plain HTTP over hyper (no TLS, so no OpenSSL); responses are JSON, live streams
-//! NDJSON.
+//! hyper over plain TCP (`http://`) or rustls (`https://`, trusting only `--ca`; see
+//! [`connect`](crate::connect)); responses are JSON, live streams NDJSON. Every request
+//! carries the [`Credentials`] (`Authorization: Basic …` or `Bearer …`); a 401 becomes
+//! [`CliError::Unauthenticated`], a 403 [`CliError::AccessDenied`] naming what was
+//! asked. No secret is ever logged: requests are logged at `debug` with who they are
+//! made as, not with what proves it.
+
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
@@ -18,6 +24,8 @@ use serde_json::Value;
 use strata::{ContentType, EventData, Position, RecordedEvent, Timestamp};
 use uuid::Uuid;
 
+use crate::connect::{client_config, Connector, TlsFiles};
+use crate::credentials::{CredentialSource, Credentials};
 use crate::error::CliError;
 use crate::output::{base64_decode, base64_encode};
 
@@ -25,37 +33,81 @@ use crate::output::{base64_decode, base64_encode};
 /// base64 a little more).
 const LINE_BYTES_MAX: usize = 64 << 20;
 
+/// How to reach a server: its URL, the TLS files for `https://`, the credentials.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// The CA file (`--ca`): required for `https://`, ignored for `http://`.
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate and key to present over TLS (`--cert`, `--key`).
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// What to authenticate with (resolved, perhaps at a prompt, once the URL and TLS
+    /// files are known to be good).
+    pub credentials: CredentialSource,
+}
+
 /// A connection to a `strata serve` HTTP API.
 pub struct ServerClient {
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
+    credentials: Credentials,
+}
+
+/// Whether `host` (from a URL) is this machine: a loopback address or `localhost`.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl ServerClient {
-    /// A client for the server at `url` (`http://host:port`).
-    pub fn new(url: &str) -> Result<ServerClient, CliError> {
+    /// A client for the server at `url` (`http://host:port` or `https://host:port`).
+    pub fn new(url: &str, options: ClientOptions) -> Result<ServerClient, CliError> {
         let uri: Uri = url
             .parse()
             .map_err(|_| CliError::Usage(format!("--server {url:?} is not a URL")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
+        let Some(host) = uri.host() else {
+            return Err(CliError::Usage(format!("--server {url:?} names no host")));
+        };
+        let tls = match uri.scheme_str() {
+            Some("http") => {
+                if options.credentials.is_some() && !is_loopback(host) {
+                    return Err(CliError::Usage(format!(
+                        "--server {url:?}: refusing to send credentials in the clear to \
+                         another machine; use https:// (with --ca FILE)"
+                    )));
+                }
+                None
+            }
+            Some("https") => {
+                let Some(ca) = options.ca else {
+                    return Err(CliError::Usage(format!(
+                        "--server {url:?}: https needs --ca FILE (or STRATA_CA), the CA \
+                         certificate that signed the server's (ca.pem from `strata certs`); \
+                         the platform's trusted roots are not used"
+                    )));
+                };
+                Some(client_config(&TlsFiles {
+                    ca,
+                    client: options.client_cert,
+                })?)
+            }
             Some(other) => {
                 return Err(CliError::Usage(format!(
-                    "--server {url:?}: the {other} scheme is not supported; use http://HOST:PORT"
+                    "--server {url:?}: the {other} scheme is not supported; use \
+                     https://HOST:PORT (or http:// for a server without TLS)"
                 )))
             }
             None => {
                 return Err(CliError::Usage(format!(
-                    "--server {url:?}: give the scheme, e.g. http://127.0.0.1:2114"
+                    "--server {url:?}: give the scheme, e.g. https://127.0.0.1:2114"
                 )))
             }
-        }
-        if uri.authority().is_none() {
-            return Err(CliError::Usage(format!("--server {url:?} names no host")));
-        }
+        };
+        let credentials = options.credentials.resolve()?;
         Ok(ServerClient {
             base: url.trim_end_matches('/').to_owned(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(Connector::new(tls)),
+            credentials,
         })
     }
 
@@ -64,16 +116,33 @@ impl ServerClient {
         &self.base
     }
 
+    /// The credentials requests are made with.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Sends a request; `operation` says what it is for (`read stream "x"`), for the
+    /// message of a refusal.
     async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+        operation: &str,
     ) -> Result<hyper::Response<Incoming>, CliError> {
         let uri = format!("{}{path}", self.base);
+        tracing::debug!(
+            method = %method,
+            url = %uri,
+            auth = %self.credentials.describe(),
+            "request"
+        );
         let mut request = Request::builder().method(method).uri(&uri);
         if body.is_some() {
             request = request.header("content-type", "application/json");
+        }
+        if let Some(authorization) = self.credentials.authorization() {
+            request = request.header("authorization", authorization);
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -86,16 +155,44 @@ impl ServerClient {
                 url: self.base.clone(),
                 message: error_chain(&source),
             })?;
-        if response.status().is_success() {
+        let status = response.status();
+        tracing::debug!(status = status.as_u16(), "response");
+        if status.is_success() {
             return Ok(response);
         }
         let body = collect(&self.base, response.into_body()).await?;
-        Err(remote_error(&body))
+        Err(self.refusal(status, &body, operation))
+    }
+
+    /// The error of a response that is not a success.
+    fn refusal(&self, status: StatusCode, body: &[u8], operation: &str) -> CliError {
+        match status {
+            StatusCode::UNAUTHORIZED => CliError::Unauthenticated {
+                url: self.base.clone(),
+                who: self.credentials.describe(),
+            },
+            StatusCode::FORBIDDEN if error_code(body).as_deref() == Some("access_denied") => {
+                let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+                CliError::AccessDenied {
+                    who: self.credentials.describe(),
+                    operation: operation.to_owned(),
+                    message: value["error"]["message"]
+                        .as_str()
+                        .unwrap_or("access denied")
+                        .to_owned(),
+                }
+            }
+            _ => remote_error(body),
+        }
     }
 
     /// `GET path`, answered with JSON.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
-        let response = self.send(Method::GET, path, None).await?;
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        operation: &str,
+    ) -> Result<T, CliError> {
+        let response = self.send(Method::GET, path, None, operation).await?;
         let body = collect(&self.base, response.into_body()).await?;
         self.decode(&body)
     }
@@ -104,18 +201,47 @@ impl ServerClient {
     pub async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
-        body: &impl serde::Serialize,
+        body: &impl Serialize,
+        operation: &str,
+    ) -> Result<T, CliError> {
+        self.write(Method::POST, path, body, operation).await
+    }
+
+    /// `PUT path` with a JSON body, answered with JSON.
+    pub async fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        operation: &str,
+    ) -> Result<T, CliError> {
+        self.write(Method::PUT, path, body, operation).await
+    }
+
+    /// `DELETE path` (no body), answered with JSON or nothing.
+    pub async fn delete(&self, path: &str, operation: &str) -> Result<Value, CliError> {
+        let response = self.send(Method::DELETE, path, None, operation).await?;
+        let body = collect(&self.base, response.into_body()).await?;
+        self.decode_or_null(&body)
+    }
+
+    /// A write with a JSON body; an empty answer reads as `null`.
+    async fn write<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl Serialize,
+        operation: &str,
     ) -> Result<T, CliError> {
         let body = serde_json::to_vec(body)
             .map_err(|e| CliError::Usage(format!("cannot encode the request: {e}")))?;
-        let response = self.send(Method::POST, path, Some(body)).await?;
+        let response = self.send(method, path, Some(body), operation).await?;
         let body = collect(&self.base, response.into_body()).await?;
-        self.decode(&body)
+        self.decode_or_null(&body)
     }
 
     /// `GET path` of a live NDJSON stream.
-    pub async fn lines(&self, path: &str) -> Result<LineStream, CliError> {
-        let response = self.send(Method::GET, path, None).await?;
+    pub async fn lines(&self, path: &str, operation: &str) -> Result<LineStream, CliError> {
+        let response = self.send(Method::GET, path, None, operation).await?;
         Ok(LineStream {
             url: self.base.clone(),
             body: response.into_body(),
@@ -129,6 +255,20 @@ impl ServerClient {
             message: format!("unexpected response: {e}"),
         })
     }
+
+    fn decode_or_null<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, CliError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            self.decode(b"null")
+        } else {
+            self.decode(body)
+        }
+    }
+}
+
+/// The `code` of an error body, if it is one.
+fn error_code(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value["error"]["code"].as_str().map(str::to_owned)
 }
 
 /// The messages of a source error and its causes (hyper's top error says little).

@@ -98,6 +98,39 @@ pub enum CliError {
         /// What was wrong.
         message: String,
     },
+    /// A `--server` refused the credentials (HTTP 401).
+    #[error(
+        "authentication failed: check --user/STRATA_PASSWORD or STRATA_TOKEN (the server at \
+         {url} did not accept {who})"
+    )]
+    Unauthenticated {
+        /// The server's URL.
+        url: String,
+        /// Who the client said it was ([`Credentials::describe`](crate::credentials::Credentials::describe)).
+        who: String,
+    },
+    /// A `--server` refused the operation to the authenticated user (HTTP 403).
+    #[error("access denied: {who} may not {operation} (server: {message})")]
+    AccessDenied {
+        /// Who the client authenticated as.
+        who: String,
+        /// What the CLI asked for, with the stream (`read stream "$all"`).
+        operation: String,
+        /// The server's message.
+        message: String,
+    },
+    /// A password or token could not be had (no terminal to ask on, a mismatch).
+    #[error("{0}")]
+    Credentials(String),
+    /// The TLS configuration of `--server https://…` could not be made.
+    #[error("--server: {0}")]
+    TlsClient(#[from] crate::connect::TlsClientError),
+    /// A user operation on the local store failed.
+    #[error(transparent)]
+    User(#[from] strata_server::auth::UserError),
+    /// A token operation on the local store failed.
+    #[error(transparent)]
+    Token(#[from] strata_server::auth::tokens::TokenError),
     /// A certificate could not be made (`strata certs`).
     #[error("certs: {0}")]
     Certs(#[from] crate::commands::certs::CertsError),

@@ -1,7 +1,10 @@
 //! `strata`: the command line of the strata event store.
 //!
-//! Appends and reads events, follows the log live, checks and copies a store, and (later)
-//! serves it over the network. Every subcommand works on the store in `--data DIR`.
+//! Appends and reads events, follows the log live, checks and copies a store, serves it
+//! over the network, and manages its users and tokens. Every subcommand works on the
+//! store in `--data DIR` (or `--postgres URL`); the data commands and `user`/`token`
+//! also work against a running server (`--server URL`, with `--ca`, `--user` or
+//! `STRATA_TOKEN` for one with TLS).
 
 mod bench;
 mod bench_model;
@@ -10,6 +13,8 @@ mod bench_scale;
 mod bench_server;
 mod client;
 mod commands;
+mod connect;
+mod credentials;
 mod error;
 mod input;
 mod logging;
@@ -30,6 +35,8 @@ use crate::commands::serve::ServeArgs;
 use crate::commands::stats::StatsArgs;
 use crate::commands::streams::StreamsArgs;
 use crate::commands::tail::TailArgs;
+use crate::commands::token::TokenCommand;
+use crate::commands::user::UserCommand;
 use crate::commands::verify::VerifyArgs;
 use crate::error::CliError;
 
@@ -53,8 +60,9 @@ pub struct Cli {
     /// TLS: add `?sslmode=verify-full&sslrootcert=CA.pem` (or disable, prefer, require, verify-ca).
     #[arg(long, global = true, value_name = "URL", env = "STRATA_POSTGRES")]
     pub postgres: Option<String>,
-    /// Work against a running `strata serve` at this URL (`http://127.0.0.1:2114`)
-    /// instead of a local store: append, read, tail, streams and stats.
+    /// Work against a running `strata serve` at this URL instead of a local store:
+    /// append, read, tail, streams, stats, user and token. `https://HOST:PORT` for a
+    /// server with TLS (needs --ca), `http://127.0.0.1:2114` for one without.
     #[arg(
         long,
         global = true,
@@ -71,6 +79,9 @@ pub struct Cli {
     /// Log line format, on stderr.
     #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text, env = "STRATA_LOG_FORMAT")]
     pub log_format: logging::LogFormat,
+    /// How to reach and authenticate to `--server`.
+    #[command(flatten)]
+    pub connect: commands::ConnectArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -106,6 +117,14 @@ pub enum Command {
     /// Make TLS certificates: a CA, and node certificates signed by it.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Manage user accounts: on a server (`--server`, as an administrator) or directly
+    /// in a local store (`--data`/`--postgres`; how to change the `admin` password
+    /// before the first networked start).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage bearer tokens: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// One measurement of `bench --only scale`, run in a fresh process by the benchmark
     /// itself (prints JSON). Not for direct use.
     #[command(name = "bench-scale-probe", hide = true)]
@@ -119,6 +138,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         data: cli.data.clone(),
         postgres: cli.postgres.clone(),
         server: cli.server.clone(),
+        connect: cli.connect.clone(),
     };
     let remote_ok = matches!(
         cli.command,
@@ -127,11 +147,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             | Command::Tail(_)
             | Command::Streams(_)
             | Command::Stats(_)
+            | Command::User(_)
+            | Command::Token(_)
     );
     if target.server.is_some() && !remote_ok {
         return Err(CliError::Usage(
-            "--server works with append, read, tail, streams and stats; the other commands \
-             work on a local store (--data) or PostgreSQL (--postgres)"
+            "--server works with append, read, tail, streams, stats, user and token; the \
+             other commands work on a local store (--data) or PostgreSQL (--postgres)"
                 .into(),
         ));
     }
@@ -155,6 +177,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::BenchScaleProbe(args) => bench_scale::probe(args).await,
         Command::Certs(command) => Ok(commands::certs::run(command)?),
+        Command::User(command) => commands::user::run(&target, command).await,
+        Command::Token(command) => commands::token::run(&target, command).await,
         Command::Serve(args) => {
             let json_logs = cli.log_format == logging::LogFormat::Json;
             commands::serve::run(&target, *args, json_logs).await

@@ -207,6 +207,12 @@ pub fn truncate_chars(text: &str, max: usize) -> String {
     out
 }
 
+/// A time in milliseconds since the Unix epoch, as RFC 3339 in UTC to the second.
+pub fn time_ms(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 /// Column headers of an event table.
 pub const EVENT_COLUMNS: &[&str] = &[
     "POSITION",
@@ -329,6 +335,12 @@ mod tests {
         assert_eq!(base64_encode(b"fo"), "Zm8=");
         assert!(base64_decode("Zm9v!").is_err());
         assert!(base64_decode("Z").is_err());
+    }
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(time_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time_ms(1_700_000_000_999), "2023-11-14T22:13:20Z");
     }
 
     #[test]

@@ -101,7 +101,13 @@ async fn remote(
         encode(&args.stream),
         query(&[("expected_revision", expected)])
     );
-    let output: RemoteOutput = client.post(&path, &inputs).await?;
+    let output: RemoteOutput = client
+        .post(
+            &path,
+            &inputs,
+            &format!("append to stream {:?}", args.stream),
+        )
+        .await?;
     let mut out = std::io::stdout().lock();
     write_json_line(&mut out, &output)?;
     out.flush().map_err(output_error)

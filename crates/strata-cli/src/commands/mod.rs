@@ -11,6 +11,8 @@ pub mod serve;
 pub mod stats;
 pub mod streams;
 pub mod tail;
+pub mod token;
+pub mod user;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -19,14 +21,60 @@ use clap::Args;
 use strata::engine::IndexSource;
 use strata::{ExpectedRevision, Filter, Store};
 
+use crate::client::{ClientOptions, ServerClient};
+use crate::credentials::{self, CredentialSource};
 use crate::error::CliError;
 
 /// The name that stands for the global log.
 pub const ALL: &str = strata::stream::ALL_STREAM;
 
-/// Opens the store in `dir`. With `create`, a missing directory becomes a new store;
-/// without, it is an error (commands that only read should not create stores by typo).
-/// Notes on stderr what the open repaired.
+/// How to reach and authenticate to a `--server`. These options go before the
+/// subcommand (`strata --server URL --ca ca.pem --user admin read s`): `--user` after
+/// `token create` names the token's owner instead.
+#[derive(Clone, Debug, Default, Args)]
+#[command(next_help_heading = "Server connection (before the subcommand)")]
+pub struct ConnectArgs {
+    /// The CA certificate (PEM) that signed the server's certificate: required for
+    /// `--server https://…` (the platform's trusted roots are not used); `ca.pem` from
+    /// `strata certs create-ca`.
+    #[arg(long, value_name = "FILE", env = "STRATA_CA")]
+    pub ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present over TLS; a server with `--tls-ca`
+    /// authenticates its common name as the login. Needs --key.
+    #[arg(long, value_name = "FILE", env = "STRATA_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", env = "STRATA_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Authenticate as this user (HTTP Basic). The password comes from the environment
+    /// variable STRATA_PASSWORD, or is asked for without echo; it is never an argument.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "STRATA_USER",
+        conflicts_with = "token"
+    )]
+    pub user: Option<String>,
+    /// Authenticate with a bearer token (`strata token create`), taken from the
+    /// environment variable STRATA_TOKEN or asked for without echo. Without --user,
+    /// STRATA_TOKEN is used when set, with or without this flag.
+    #[arg(long)]
+    pub token: bool,
+}
+
+impl ConnectArgs {
+    /// Where the credentials come from.
+    pub fn source(&self) -> CredentialSource {
+        match &self.user {
+            Some(user) => CredentialSource::User(user.clone()),
+            None if self.token || credentials::from_env(credentials::TOKEN_ENV).is_some() => {
+                CredentialSource::Token
+            }
+            None => CredentialSource::None,
+        }
+    }
+}
+
 /// Which store a command works on.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -36,20 +84,30 @@ pub struct Target {
     pub postgres: Option<String>,
     /// A running `strata serve` to talk to over HTTP instead, if given.
     pub server: Option<String>,
+    /// How to reach and authenticate to the server.
+    pub connect: ConnectArgs,
 }
 
 impl Target {
-    /// The HTTP client for `--server`, if one was given.
-    pub fn client(&self) -> Result<Option<crate::client::ServerClient>, CliError> {
-        self.server
-            .as_deref()
-            .map(crate::client::ServerClient::new)
-            .transpose()
+    /// The HTTP client for `--server`, if one was given (its password or token read
+    /// now, from the environment or the prompt).
+    pub fn client(&self) -> Result<Option<ServerClient>, CliError> {
+        let Some(url) = self.server.as_deref() else {
+            return Ok(None);
+        };
+        let options = ClientOptions {
+            ca: self.connect.ca.clone(),
+            client_cert: self.connect.cert.clone().zip(self.connect.key.clone()),
+            credentials: self.connect.source(),
+        };
+        ServerClient::new(url, options).map(Some)
     }
 }
 
 /// Opens the store of `target`: PostgreSQL if a URL was given, else the embedded store
-/// in its directory (created if `create`).
+/// in its directory. With `create`, a missing directory becomes a new store; without,
+/// it is an error (commands that only read should not create stores by typo). Notes on
+/// stderr what the open repaired.
 ///
 /// Without the background scrubber: these commands hold the store for moments (or, as
 /// `tail`, only to read), and would only start a pass to stop it; `strata verify`

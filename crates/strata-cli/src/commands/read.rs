@@ -180,7 +180,9 @@ async fn remote(client: &ServerClient, args: &ReadArgs) -> Result<(), CliError> 
             pairs.extend(args.filter.to_query());
         }
         let path = format!("/streams/{}{}", encode(&args.stream), query(&pairs));
-        let page: RemotePage = client.get(&path).await?;
+        let page: RemotePage = client
+            .get(&path, &format!("read stream {:?}", args.stream))
+            .await?;
         let events = page
             .events
             .iter()

@@ -71,7 +71,11 @@ fn scrub_line(scrub: Option<&strata::ScrubStatus>, served: bool) -> String {
 pub async fn run(target: &Target, args: StatsArgs) -> Result<(), CliError> {
     let client = target.client()?;
     let stats = match &client {
-        Some(client) => client.get::<strata::StoreStats>("/stats").await?,
+        Some(client) => {
+            client
+                .get::<strata::StoreStats>("/stats", "read the store's statistics")
+                .await?
+        }
         None => {
             let store = open_store(target, false).await?;
             let stats = store.stats().await;

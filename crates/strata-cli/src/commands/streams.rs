@@ -126,7 +126,9 @@ async fn remote(client: &ServerClient, args: &StreamsArgs) -> Result<Vec<StreamI
         if args.all {
             pairs.push(("include_system", "true".to_owned()));
         }
-        let page: RemoteList = client.get(&format!("/streams{}", query(&pairs))).await?;
+        let page: RemoteList = client
+            .get(&format!("/streams{}", query(&pairs)), "list the streams")
+            .await?;
         streams.extend(page.streams.into_iter().map(|s| StreamInfo {
             name: s.stream,
             last_revision: s.last_revision,

@@ -202,7 +202,9 @@ async fn remote(
         pairs.extend(args.filter.to_query());
     }
     let path = format!("/streams/{}/live{}", encode(&args.stream), query(&pairs));
-    let mut lines = client.lines(&path).await?;
+    let mut lines = client
+        .lines(&path, &format!("follow stream {:?}", args.stream))
+        .await?;
     let protocol = |message: String| CliError::Protocol {
         url: client.url().to_owned(),
         message,

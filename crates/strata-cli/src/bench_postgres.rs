@@ -32,7 +32,10 @@ pub async fn run(
             cluster.url().to_owned()
         }
     };
-    println!("postgres: {url} (fsync and synchronous_commit as the server has them)");
+    println!(
+        "postgres: {} (fsync and synchronous_commit as the server has them)",
+        describe(&url)?
+    );
     let database = format!("strata_bench_{}", std::process::id());
     let admin = connect(&url).await?;
     admin
@@ -163,12 +166,28 @@ where
     Ok(out)
 }
 
+/// Opens a connection with the URL's own TLS settings (`sslmode`, `sslrootcert`), as the
+/// backend does.
 async fn connect(url: &str) -> Result<tokio_postgres::Client, CliError> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(bench_error)?;
+    let config = strata_postgres::ConnectionConfig::parse(url).map_err(bench_error)?;
+    let (client, connection) = config.connect().await.map_err(bench_error)?;
     tokio::spawn(connection);
     Ok(client)
+}
+
+/// Where `url` points, for the report: hosts, database, user and sslmode, never the
+/// password.
+fn describe(url: &str) -> Result<String, CliError> {
+    let config = strata_postgres::ConnectionConfig::parse(url).map_err(bench_error)?;
+    let postgres = config.postgres();
+    Ok(format!(
+        "hosts {:?} ports {:?} database {} user {} sslmode {}",
+        postgres.get_hosts(),
+        postgres.get_ports(),
+        postgres.get_dbname().unwrap_or("(default)"),
+        postgres.get_user().unwrap_or("(default)"),
+        config.sslmode()
+    ))
 }
 
 /// PostgreSQL's own floor: each connection commits single-row inserts, one per

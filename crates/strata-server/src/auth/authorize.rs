@@ -28,6 +28,13 @@ pub use strata::stream::SETTINGS_STREAM;
 /// made through another server within this time.
 pub const SETTINGS_TTL: Duration = Duration::from_secs(1);
 
+/// How long a stream's `$acl` is kept before its metadata is read again. Like the
+/// settings, a change made on this server takes effect at once
+/// ([`Authorizer::metadata_changed`]); one made through another server within this time.
+pub const STREAM_ACL_TTL: Duration = Duration::from_secs(1);
+/// The most streams whose `$acl` is kept; past it the cache starts over.
+pub const STREAM_ACL_ENTRIES_MAX: usize = 10_000;
+
 /// What a request asks to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation<'a> {
@@ -115,6 +122,8 @@ pub enum AuthorizeError {
 pub struct Authorizer {
     store: Store,
     settings: Mutex<Option<CachedSettings>>,
+    /// Each stream's own `$acl` (`None`: it has none), with when it was read.
+    stream_acls: Mutex<std::collections::HashMap<String, (Instant, Option<StreamAcl>)>>,
 }
 
 #[derive(Clone, Debug)]
@@ -130,12 +139,21 @@ impl Authorizer {
         Authorizer {
             store,
             settings: Mutex::new(None),
+            stream_acls: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
     /// Forgets the cached `$settings`, after this server wrote it.
     pub fn settings_changed(&self) {
         *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Forgets the cached `$acl` of `stream`, after this server wrote its metadata.
+    pub fn metadata_changed(&self, stream: &str) {
+        self.stream_acls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(stream);
     }
 
     /// Whether `principal` may do `operation`.
@@ -199,8 +217,7 @@ impl Authorizer {
         if !principal.is_authenticated() {
             return Ok(false);
         }
-        let metadata = self.store.stream_metadata(target).await?;
-        let own = metadata.metadata.acl.as_ref().map(StreamAcl::from_json);
+        let own = self.stream_acl(target).await?;
         let settings = self.settings().await?;
         let system = strata::stream::is_system(target);
         let defaults = SystemSettings::default();
@@ -213,6 +230,28 @@ impl Authorizer {
         Ok(roles
             .iter()
             .any(|role| role == EVERYONE || principal.has_role(role)))
+    }
+
+    /// The `$acl` of `stream`'s metadata, from the cache while it is fresh.
+    async fn stream_acl(&self, stream: &str) -> Result<Option<StreamAcl>, ReadError> {
+        if let Some((read_at, acl)) = self
+            .stream_acls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(stream)
+        {
+            if read_at.elapsed() < STREAM_ACL_TTL {
+                return Ok(acl.clone());
+            }
+        }
+        let metadata = self.store.stream_metadata(stream).await?;
+        let acl = metadata.metadata.acl.as_ref().map(StreamAcl::from_json);
+        let mut cache = self.stream_acls.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= STREAM_ACL_ENTRIES_MAX && !cache.contains_key(stream) {
+            cache.clear();
+        }
+        cache.insert(stream.to_owned(), (Instant::now(), acl.clone()));
+        Ok(acl)
     }
 
     async fn settings(&self) -> Result<CachedSettings, ReadError> {

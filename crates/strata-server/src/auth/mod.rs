@@ -90,11 +90,14 @@ impl Auth {
         &self.authorizer
     }
 
-    /// Tells the authorizer a stream was appended to: after a write to `$settings`,
-    /// the next check reads the new defaults.
+    /// Tells the authorizer a stream was appended to: after a write to `$settings` or
+    /// to a stream's metadata (`$$name`), the next check reads the new rules.
     pub fn appended(&self, stream: &str) {
         if stream == strata::stream::SETTINGS_STREAM {
             self.authorizer.settings_changed();
+        }
+        if let Some(target) = strata::stream::metastream_target(stream) {
+            self.authorizer.metadata_changed(target);
         }
     }
 

@@ -169,9 +169,7 @@ async fn record(
             )
             .await?;
     }
-    let settings = requests
-        .iter()
-        .any(|r| r.stream == strata::stream::SETTINGS_STREAM);
+
     let ids: Vec<Vec<Uuid>> = requests
         .iter()
         .map(|r| r.events.iter().map(|e| e.id).collect())
@@ -189,8 +187,8 @@ async fn record(
     http.state
         .metrics
         .record_append(Api::Http, outcome, events, started.elapsed());
-    if settings && result.is_ok() {
-        http.state.auth.appended(strata::stream::SETTINGS_STREAM);
+    for appended in result.iter().flatten() {
+        http.state.auth.appended(&appended.stream);
     }
     Ok(result?
         .into_iter()

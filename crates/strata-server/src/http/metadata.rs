@@ -100,6 +100,7 @@ pub async fn put(
         .store
         .set_stream_metadata(&stream, expected, &metadata)
         .await?;
+    http.state.auth.authorizer().metadata_changed(&stream);
     Ok(Json(WriteResponse {
         stream,
         position: result.last_position().map(|p| p.0),

@@ -1055,3 +1055,37 @@ async fn users_and_tokens_over_http() {
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     server.stop().await;
 }
+
+/// Stream ACLs are cached for speed; a metadata write through this server must still
+/// take effect on the very next request, through either API.
+#[tokio::test]
+async fn an_acl_change_applies_to_the_next_request_despite_the_cache() {
+    let (server, ca) = server().await;
+    let mut admin = client(&server, &ca, Credentials::admin()).await;
+    let mut bob = client(&server, &ca, user("bob")).await;
+    assert_eq!(grpc_append(&mut admin, "orders-2").await, Code::Ok);
+    // Read once so the stream's (absent) ACL is cached as "open".
+    assert_eq!(grpc_read(&mut bob, "orders-2").await, Code::Ok);
+    // Closed to all but alice through the gRPC path: a `$metadata` event in `$$orders-2`.
+    let metadata = EventData::json("$metadata", &json!({"$acl": {"$r": "alice"}})).unwrap();
+    let messages = requests::append("$$orders-2", ExpectedRevision::Any, &[metadata]);
+    admin.append(tokio_stream::iter(messages)).await.unwrap();
+    assert_eq!(
+        grpc_read(&mut bob, "orders-2").await,
+        Code::PermissionDenied
+    );
+    // Opened again through the HTTP path.
+    let open = json!({"$acl": {"$r": "$all"}}).to_string();
+    let put = http(
+        &server,
+        &ca,
+        &Credentials::admin(),
+        Method::PUT,
+        "/streams/orders-2/metadata",
+        &open,
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK);
+    assert_eq!(grpc_read(&mut bob, "orders-2").await, Code::Ok);
+    server.stop().await;
+}

@@ -42,6 +42,40 @@ pub use users::{UserError, Users};
 
 use crate::metrics::{AccessDeniedLabels, Api, AuthFailureLabels, Metrics};
 
+/// A change to a user account made through the server, for the audit trail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserChange {
+    /// Created.
+    Created,
+    /// Full name or groups changed.
+    Updated,
+    /// Deleted.
+    Deleted,
+    /// Enabled.
+    Enabled,
+    /// Disabled.
+    Disabled,
+    /// The user changed their own password.
+    PasswordChanged,
+    /// An administrator set a new password.
+    PasswordReset,
+}
+
+impl UserChange {
+    /// The audit event's name.
+    pub fn event(self) -> &'static str {
+        match self {
+            UserChange::Created => "user_created",
+            UserChange::Updated => "user_updated",
+            UserChange::Deleted => "user_deleted",
+            UserChange::Enabled => "user_enabled",
+            UserChange::Disabled => "user_disabled",
+            UserChange::PasswordChanged => "password_changed",
+            UserChange::PasswordReset => "password_reset",
+        }
+    }
+}
+
 /// Authentication and authorization for one server.
 #[derive(Debug)]
 pub struct Auth {
@@ -88,6 +122,31 @@ impl Auth {
     /// The authorizer (to forget cached settings after a change).
     pub fn authorizer(&self) -> &Authorizer {
         &self.authorizer
+    }
+
+    /// What both APIs do after a user operation on `login`: forget what the login
+    /// cache knew of the user (whether or not the operation succeeded: the record may
+    /// have changed either way), and write the audit line of a change that was made.
+    pub fn user_changed(
+        &self,
+        api: Api,
+        by: &Principal,
+        login: &str,
+        change: UserChange,
+        result: Result<(), UserError>,
+    ) -> Result<(), UserError> {
+        self.authenticator.forget(login);
+        if result.is_ok() {
+            tracing::info!(
+                target: "strata::audit",
+                event = change.event(),
+                api = ?api,
+                user = %login,
+                by = by.name(),
+                "user changed"
+            );
+        }
+        result
     }
 
     /// Tells the authorizer a stream was appended to: after a write to `$settings` or

@@ -15,8 +15,9 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::auth::users::{NewUser, UserDetails, UserError};
-use crate::auth::Operation;
+use crate::auth::{Operation, UserChange};
 use crate::grpc::auth::{access_denied, Caller};
+use crate::metrics::Api;
 use crate::proto::event_store::client::users as pb;
 use crate::proto::event_store::client::users::users_server::Users;
 use crate::state::ServerState;
@@ -33,23 +34,27 @@ impl UsersService {
         UsersService { state }
     }
 
-    /// Runs a change to `login` after checking `operation`, then forgets what the
-    /// authentication cache knew of the user.
+    /// Runs `run` (a change to `login`) after checking `operation`, then lets
+    /// [`Auth::user_changed`](crate::auth::Auth::user_changed) forget the user's cached
+    /// logins and audit the change.
     async fn change<F, Fut>(
         &self,
         caller: &Caller,
         operation: Operation<'_>,
         login: &str,
-        change: F,
+        change: UserChange,
+        run: F,
     ) -> Result<(), Status>
     where
         F: FnOnce(crate::auth::Users) -> Fut,
         Fut: std::future::Future<Output = Result<(), UserError>>,
     {
         caller.authorize(&self.state, operation).await?;
-        let result = change(self.state.auth.users().clone()).await;
-        self.state.auth.authenticator().forget(login);
-        result.map_err(|error| status(login, &error))
+        let result = run(self.state.auth.users().clone()).await;
+        self.state
+            .auth
+            .user_changed(Api::Grpc, &caller.principal, login, change, result)
+            .map_err(|error| status(login, &error))
     }
 }
 
@@ -122,6 +127,7 @@ impl Users for UsersService {
             &caller,
             Operation::ManageUsers,
             &login,
+            UserChange::Created,
             |users| async move {
                 users
                     .create(NewUser {
@@ -134,7 +140,6 @@ impl Users for UsersService {
             },
         )
         .await?;
-        tracing::info!(target: "strata::audit", event = "user_created", user = %login, by = caller.principal.name(), "user created");
         Ok(Response::new(pb::CreateResp {}))
     }
 
@@ -149,6 +154,7 @@ impl Users for UsersService {
             &caller,
             Operation::ManageUsers,
             &login,
+            UserChange::Updated,
             |users| async move {
                 users
                     .update(&options.login_name, options.full_name, options.groups)
@@ -165,12 +171,17 @@ impl Users for UsersService {
     ) -> Result<Response<pb::DeleteResp>, Status> {
         let caller = Caller::of(&request);
         let login = options(request.into_inner().options)?.login_name;
-        self.change(&caller, Operation::ManageUsers, &login, |users| {
-            let login = login.clone();
-            async move { users.delete(&login).await }
-        })
+        self.change(
+            &caller,
+            Operation::ManageUsers,
+            &login,
+            UserChange::Deleted,
+            |users| {
+                let login = login.clone();
+                async move { users.delete(&login).await }
+            },
+        )
         .await?;
-        tracing::info!(target: "strata::audit", event = "user_deleted", user = %login, by = caller.principal.name(), "user deleted");
         Ok(Response::new(pb::DeleteResp {}))
     }
 
@@ -180,10 +191,16 @@ impl Users for UsersService {
     ) -> Result<Response<pb::DisableResp>, Status> {
         let caller = Caller::of(&request);
         let login = options(request.into_inner().options)?.login_name;
-        self.change(&caller, Operation::ManageUsers, &login, |users| {
-            let login = login.clone();
-            async move { users.set_disabled(&login, true).await }
-        })
+        self.change(
+            &caller,
+            Operation::ManageUsers,
+            &login,
+            UserChange::Disabled,
+            |users| {
+                let login = login.clone();
+                async move { users.set_disabled(&login, true).await }
+            },
+        )
         .await?;
         Ok(Response::new(pb::DisableResp {}))
     }
@@ -194,10 +211,16 @@ impl Users for UsersService {
     ) -> Result<Response<pb::EnableResp>, Status> {
         let caller = Caller::of(&request);
         let login = options(request.into_inner().options)?.login_name;
-        self.change(&caller, Operation::ManageUsers, &login, |users| {
-            let login = login.clone();
-            async move { users.set_disabled(&login, false).await }
-        })
+        self.change(
+            &caller,
+            Operation::ManageUsers,
+            &login,
+            UserChange::Enabled,
+            |users| {
+                let login = login.clone();
+                async move { users.set_disabled(&login, false).await }
+            },
+        )
         .await?;
         Ok(Response::new(pb::EnableResp {}))
     }
@@ -254,6 +277,7 @@ impl Users for UsersService {
             &caller,
             Operation::ChangePassword { login: &login },
             &login,
+            UserChange::PasswordChanged,
             |users| async move {
                 users
                     .change_password(
@@ -265,7 +289,6 @@ impl Users for UsersService {
             },
         )
         .await?;
-        tracing::info!(target: "strata::audit", event = "password_changed", user = %login, "password changed");
         Ok(Response::new(pb::ChangePasswordResp {}))
     }
 
@@ -280,6 +303,7 @@ impl Users for UsersService {
             &caller,
             Operation::ManageUsers,
             &login,
+            UserChange::PasswordReset,
             |users| async move {
                 users
                     .reset_password(&options.login_name, &options.new_password)
@@ -287,7 +311,6 @@ impl Users for UsersService {
             },
         )
         .await?;
-        tracing::info!(target: "strata::audit", event = "password_reset", user = %login, by = caller.principal.name(), "password reset");
         Ok(Response::new(pb::ResetPasswordResp {}))
     }
 }

@@ -19,7 +19,8 @@ use super::json::{body_bytes, parse};
 use super::HttpState;
 use crate::auth::tokens::TokenError;
 use crate::auth::users::{NewUser, UserDetails, UserError};
-use crate::auth::{Operation, Principal};
+use crate::auth::{Operation, Principal, UserChange};
+use crate::metrics::Api;
 
 /// The longest token lifetime a request may ask for: ten years.
 const TTL_SECONDS_MAX: u64 = 10 * 365 * 24 * 3600;
@@ -32,14 +33,19 @@ fn body<T: for<'de> Deserialize<'de>>(
     parse(&bytes)
 }
 
-/// Runs a change to `login` and forgets what the authentication cache knew of it.
-async fn changed(
+/// After a change to `login`: [`Auth::user_changed`](crate::auth::Auth::user_changed)
+/// forgets the user's cached logins and audits the change.
+fn changed(
     http: &HttpState,
+    caller: &Caller,
     login: &str,
+    change: UserChange,
     result: Result<(), UserError>,
 ) -> Result<(), ApiError> {
-    http.state.auth.authenticator().forget(login);
-    result.map_err(ApiError::from)
+    http.state
+        .auth
+        .user_changed(Api::Http, &caller.principal, login, change, result)
+        .map_err(ApiError::from)
 }
 
 /// `GET /users`: every user (admins).
@@ -78,8 +84,7 @@ pub async fn create(
             password: input.password,
         })
         .await;
-    changed(&http, &login, result).await?;
-    tracing::info!(target: "strata::audit", event = "user_created", user = %login, by = caller.principal.name(), "user created");
+    changed(&http, &caller, &login, UserChange::Created, result)?;
     let details = user_details(&http, &login).await?;
     Ok((StatusCode::CREATED, Json(details)).into_response())
 }
@@ -130,7 +135,7 @@ pub async fn update(
         .users()
         .update(&login, input.full_name, input.groups)
         .await;
-    changed(&http, &login, result).await?;
+    changed(&http, &caller, &login, UserChange::Updated, result)?;
     Ok(Json(user_details(&http, &login).await?).into_response())
 }
 
@@ -142,8 +147,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     caller.authorize(&http, Operation::ManageUsers).await?;
     let result = http.state.auth.users().delete(&login).await;
-    changed(&http, &login, result).await?;
-    tracing::info!(target: "strata::audit", event = "user_deleted", user = %login, by = caller.principal.name(), "user deleted");
+    changed(&http, &caller, &login, UserChange::Deleted, result)?;
     Ok(Json(json!({ "login_name": login, "deleted": true })).into_response())
 }
 
@@ -156,7 +160,17 @@ async fn set_disabled(
 ) -> Result<Response, ApiError> {
     caller.authorize(&http, Operation::ManageUsers).await?;
     let result = http.state.auth.users().set_disabled(&login, disabled).await;
-    changed(&http, &login, result).await?;
+    changed(
+        &http,
+        &caller,
+        &login,
+        if disabled {
+            UserChange::Disabled
+        } else {
+            UserChange::Enabled
+        },
+        result,
+    )?;
     Ok(Json(user_details(&http, &login).await?).into_response())
 }
 
@@ -202,8 +216,7 @@ pub async fn change_password(
         .users()
         .change_password(&login, &input.current_password, &input.new_password)
         .await;
-    changed(&http, &login, result).await?;
-    tracing::info!(target: "strata::audit", event = "password_changed", user = %login, "password changed");
+    changed(&http, &caller, &login, UserChange::PasswordChanged, result)?;
     Ok(Json(json!({ "login_name": login, "password_changed": true })).into_response())
 }
 
@@ -228,8 +241,7 @@ pub async fn reset_password(
         .users()
         .reset_password(&login, &input.new_password)
         .await;
-    changed(&http, &login, result).await?;
-    tracing::info!(target: "strata::audit", event = "password_reset", user = %login, by = caller.principal.name(), "password reset");
+    changed(&http, &caller, &login, UserChange::PasswordReset, result)?;
     Ok(Json(json!({ "login_name": login, "password_changed": true })).into_response())
 }
 

@@ -323,18 +323,23 @@ async fn passwd(backend: &Backend, login: &str) -> Result<(), CliError> {
                 )
                 .await?;
         }
-        Backend::Local(_, users) => {
-            if users.get(login).await?.is_none() {
-                return Err(strata_server::auth::UserError::NotFound {
-                    login: login.to_owned(),
-                }
-                .into());
-            }
-            let new = credentials::new_password(login)?;
-            users.reset_password(login, new.expose()).await?;
-        }
+        Backend::Local(_, users) => reset_locally(users, login).await?,
     }
     done(format!("changed the password of user {login:?}"))
+}
+
+/// On the local store no current password is needed (whoever can open the store can
+/// write it): asks for the new one, once the user is known to exist.
+async fn reset_locally(users: &strata_server::auth::Users, login: &str) -> Result<(), CliError> {
+    if users.get(login).await?.is_none() {
+        return Err(strata_server::auth::UserError::NotFound {
+            login: login.to_owned(),
+        }
+        .into());
+    }
+    let new = credentials::new_password(login)?;
+    users.reset_password(login, new.expose()).await?;
+    Ok(())
 }
 
 async fn reset(backend: &Backend, login: &str) -> Result<(), CliError> {
@@ -350,16 +355,7 @@ async fn reset(backend: &Backend, login: &str) -> Result<(), CliError> {
                 )
                 .await?;
         }
-        Backend::Local(_, users) => {
-            if users.get(login).await?.is_none() {
-                return Err(strata_server::auth::UserError::NotFound {
-                    login: login.to_owned(),
-                }
-                .into());
-            }
-            let new = credentials::new_password(login)?;
-            users.reset_password(login, new.expose()).await?;
-        }
+        Backend::Local(_, users) => reset_locally(users, login).await?,
     }
     done(format!("reset the password of user {login:?}"))
 }

@@ -3,10 +3,9 @@
 //! 256 random bits, so a fast digest is as safe as a slow hash and costs nothing per
 //! request), with an optional expiry, and revocable.
 //!
-//! A token reads `strata_<id>_<secret>`: the id (16 hex digits) names the record, the
+//! A token reads `strata_<id>_<secret>`, both in hex: the id (16 digits) names the record, the
 //! metadata of the system stream `$token-<id>` under the key `strataToken`.
 
-use base64::Engine as _;
 use ring::rand::{SecureRandom as _, SystemRandom};
 use serde::{Deserialize, Serialize};
 use serde_json::Map;
@@ -147,8 +146,11 @@ pub fn parse(token: &str) -> Option<PresentedToken<'_>> {
 
 /// Hex SHA-256 of a secret.
 pub fn digest(secret: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The tokens of one store.
@@ -187,8 +189,9 @@ impl Tokens {
         let mut secret = [0u8; 32];
         random.fill(&mut id).map_err(|_| TokenError::Random)?;
         random.fill(&mut secret).map_err(|_| TokenError::Random)?;
-        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        // Hex, both: `_` separates the parts, and base64url's alphabet has `_` in it.
+        let id = hex(&id);
+        let secret = hex(&secret);
         let now = now_ms();
         let record = TokenRecord {
             version: RECORD_VERSION,
@@ -343,6 +346,10 @@ mod tests {
         ));
         let created = tokens.create("svc", "ci", None, "admin").await.unwrap();
         let presented = parse(&created.token).unwrap();
+        // No `_` inside a part: tools may split the token on its last `_` too.
+        assert_eq!(presented.secret.len(), 64);
+        assert!(presented.secret.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(created.token.rsplit_once('_').unwrap().1, presented.secret);
         let record = tokens.get(presented.id).await.unwrap().unwrap();
         assert_eq!(record.secret_sha256, digest(presented.secret));
         assert!(!serde_json::to_string(&record)

@@ -98,8 +98,6 @@ pub struct Presented<'a> {
     pub authorization: Option<&'a [u8]>,
     /// The leaf of the client's verified certificate chain.
     pub certificate: Option<&'a CertificateDer<'static>>,
-    /// The client's address (for the throttle).
-    pub peer: Option<IpAddr>,
 }
 
 enum Credentials {
@@ -200,9 +198,14 @@ impl Authenticator {
         self.lock().clear();
     }
 
-    /// The principal of a request: a user if it presented valid credentials, anonymous
-    /// if it presented none, an error if it presented invalid ones.
-    pub async fn authenticate(&self, presented: Presented<'_>) -> Result<Principal, AuthFailure> {
+    /// The principal of a request from `peer`: a user if it presented valid
+    /// credentials, anonymous if it presented none, an error if it presented invalid
+    /// ones. `peer` is what the throttle counts failures by.
+    pub async fn authenticate(
+        &self,
+        presented: Presented<'_>,
+        peer: Option<IpAddr>,
+    ) -> Result<Principal, AuthFailure> {
         let attempt = match (presented.authorization, presented.certificate) {
             (None, None) => return Ok(Principal::Anonymous),
             (Some(value), _) => match parse_authorization(value) {
@@ -212,22 +215,22 @@ impl Authenticator {
                     method: AuthMethod::Password,
                 }),
                 Some(Credentials::Basic { login, password }) => {
-                    self.password(login, &password, presented.peer).await
+                    self.password(login, &password, peer).await
                 }
-                Some(Credentials::Bearer(token)) => self.token(&token, presented.peer).await,
+                Some(Credentials::Bearer(token)) => self.token(&token, peer).await,
             },
             (None, Some(certificate)) => self.certificate(certificate).await,
         };
         match attempt {
             Ok(identity) => {
-                if let Some(peer) = presented.peer {
+                if let Some(peer) = peer {
                     self.throttle.succeeded(peer);
                 }
                 Ok(Principal::User(identity))
             }
             Err(failure) => {
                 // The next attempt from this address waits (see `password`, `token`).
-                if let Some(peer) = presented.peer {
+                if let Some(peer) = peer {
                     self.throttle.failed(peer);
                 }
                 Err(failure)
@@ -255,12 +258,7 @@ impl Authenticator {
             }
         }
         // A throttled address waits before its guess is even checked.
-        if let Some(peer) = peer {
-            let delay = self.throttle.delay(peer);
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-        }
+        self.throttle.wait(peer).await;
         let record = match self.users.get(&login).await {
             Ok(Some(record)) => record,
             Ok(None) => {
@@ -329,12 +327,7 @@ impl Authenticator {
                 return Ok(cached.identity);
             }
         }
-        if let Some(peer) = peer {
-            let delay = self.throttle.delay(peer);
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-        }
+        self.throttle.wait(peer).await;
         let record = match self.tokens.get(presented.id).await {
             Ok(Some(record)) => record,
             Ok(None) => return Err(fail(FailureReason::BadToken, None)),
@@ -522,6 +515,15 @@ impl Throttle {
         Self::DELAY_FIRST
             .saturating_mul(1 << doublings)
             .min(Self::DELAY_MAX)
+    }
+
+    /// Waits as long as the next attempt from `peer` must (not at all for an unknown
+    /// address).
+    pub async fn wait(&self, peer: Option<IpAddr>) {
+        let delay = peer.map_or(Duration::ZERO, |peer| self.delay(peer));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// Records a failure from `peer`; returns how long its next attempt waits.

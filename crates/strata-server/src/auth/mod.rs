@@ -171,11 +171,11 @@ impl Auth {
         if !self.enabled {
             return Ok(Principal::System);
         }
-        let presented = Presented {
-            peer: address.map(|a| a.ip()),
-            ..presented
-        };
-        match self.authenticator.authenticate(presented).await {
+        match self
+            .authenticator
+            .authenticate(presented, address.map(|a| a.ip()))
+            .await
+        {
             Ok(principal) => Ok(principal),
             Err(failure) => {
                 tracing::warn!(

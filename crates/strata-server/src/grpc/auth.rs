@@ -95,7 +95,6 @@ where
                 let presented = Presented {
                     authorization: authorization.as_deref(),
                     certificate: certificate.as_ref(),
-                    peer: None,
                 };
                 match auth.authenticate(Api::Grpc, presented, address).await {
                     Ok(principal) => principal,

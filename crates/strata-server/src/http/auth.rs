@@ -45,7 +45,6 @@ pub async fn authenticate(
         let presented = Presented {
             authorization: authorization.as_deref(),
             certificate: certificate.as_ref(),
-            peer: None,
         };
         match auth.authenticate(Api::Http, presented, address).await {
             Ok(principal) => principal,

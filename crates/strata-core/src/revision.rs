@@ -68,6 +68,17 @@ impl CurrentRevision {
     }
 }
 
+/// What to expect when writing back to a stream read in this state: exactly this
+/// state, so that a change made in between is refused instead of overwritten.
+impl From<CurrentRevision> for ExpectedRevision {
+    fn from(current: CurrentRevision) -> ExpectedRevision {
+        match current {
+            CurrentRevision::NoStream => ExpectedRevision::NoStream,
+            CurrentRevision::Current(revision) => ExpectedRevision::Exact(revision),
+        }
+    }
+}
+
 impl fmt::Display for CurrentRevision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -4,7 +4,7 @@
 //! - [`principal`]: who a request runs as.
 //! - [`password`]: Argon2id hashes, a bounded number at a time.
 //! - [`users`], [`tokens`]: the accounts and tokens, kept in the store's own system
-//!   streams (so they work on every backend).
+//!   streams (so they work on every backend) as [`record`]s.
 //! - [`authenticate`]: credentials to a principal, cached per credential, with a
 //!   throttle on addresses that keep failing.
 //! - [`acl`], [`authorize`]: the one check every gRPC and HTTP request passes before
@@ -24,6 +24,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod password;
 pub mod principal;
+pub mod record;
 pub mod tokens;
 pub mod users;
 

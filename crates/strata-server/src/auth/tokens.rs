@@ -8,11 +8,9 @@
 
 use ring::rand::{SecureRandom as _, SystemRandom};
 use serde::{Deserialize, Serialize};
-use serde_json::Map;
-use strata::{
-    AppendError, CurrentRevision, ExpectedRevision, ListStreamsOptions, Store, StreamMetadata,
-};
+use strata::{AppendError, CurrentRevision, ListStreamsOptions, Store};
 
+use super::record::{self, RecordError};
 use super::users::{now_ms, UserError, Users};
 
 /// The prefix of the system stream whose metadata is a token record.
@@ -254,20 +252,9 @@ impl Tokens {
         if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok((None, CurrentRevision::NoStream));
         }
-        let stored = self
-            .store
-            .stream_metadata(&format!("{TOKEN_STREAM_PREFIX}{id}"))
-            .await?;
-        let record = match stored.metadata.custom.get(TOKEN_KEY) {
-            None => None,
-            Some(value) => Some(serde_json::from_value(value.clone()).map_err(|error| {
-                TokenError::Corrupt {
-                    id: id.to_owned(),
-                    reason: error.to_string(),
-                }
-            })?),
-        };
-        Ok((record, stored.revision))
+        record::load(&self.store, &token_stream(id), TOKEN_KEY)
+            .await
+            .map_err(|error| record_error(id, error))
     }
 
     async fn write(
@@ -275,29 +262,31 @@ impl Tokens {
         record: &TokenRecord,
         revision: CurrentRevision,
     ) -> Result<(), TokenError> {
-        let value = serde_json::to_value(record).map_err(|error| TokenError::Corrupt {
-            id: record.id.clone(),
-            reason: error.to_string(),
-        })?;
-        let mut custom = Map::new();
-        custom.insert(TOKEN_KEY.into(), value);
-        let metadata = StreamMetadata {
-            custom,
-            ..StreamMetadata::default()
-        };
-        let expected = match revision {
-            CurrentRevision::NoStream => ExpectedRevision::NoStream,
-            CurrentRevision::Current(revision) => ExpectedRevision::Exact(revision),
-        };
-        self.store
-            .set_stream_metadata(
-                &format!("{TOKEN_STREAM_PREFIX}{}", record.id),
-                expected,
-                &metadata,
-            )
-            .await
-            .map(|_| ())
-            .map_err(TokenError::Append)
+        record::save(
+            &self.store,
+            &token_stream(&record.id),
+            TOKEN_KEY,
+            record,
+            revision,
+        )
+        .await
+        .map_err(|error| record_error(&record.id, error))
+    }
+}
+
+/// The system stream whose metadata is the record of token `id`.
+fn token_stream(id: &str) -> String {
+    format!("{TOKEN_STREAM_PREFIX}{id}")
+}
+
+fn record_error(id: &str, error: RecordError) -> TokenError {
+    match error {
+        RecordError::Read(error) => TokenError::Read(error),
+        RecordError::Append(error) => TokenError::Append(error),
+        RecordError::Corrupt(reason) => TokenError::Corrupt {
+            id: id.to_owned(),
+            reason,
+        },
     }
 }
 

@@ -10,14 +10,12 @@
 //! deleting one of them is not undone by the next start.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use strata::{
-    AppendError, CurrentRevision, ExpectedRevision, ListStreamsOptions, ReadError, Store,
-    StreamMetadata,
-};
+use serde_json::Value;
+use strata::{AppendError, CurrentRevision, ListStreamsOptions, ReadError, Store, StreamMetadata};
 
 use super::password::{Hasher, PasswordError};
 use super::principal::{ADMINS, ADMIN_USER, OPS, OPS_USER};
+use super::record::{self, RecordError};
 
 /// The prefix of the system stream whose metadata is a user record.
 pub const USER_STREAM_PREFIX: &str = "$user-";
@@ -212,7 +210,7 @@ impl Users {
         };
         match self
             .store
-            .set_stream_metadata(USERS_STREAM, expected(marker.revision), &metadata)
+            .set_stream_metadata(USERS_STREAM, marker.revision.into(), &metadata)
             .await
         {
             // Another node set the marker at the same time: the defaults exist.
@@ -366,56 +364,38 @@ impl Users {
                 revision: CurrentRevision::NoStream,
             });
         }
-        let stored = self.store.stream_metadata(&user_stream(login)).await?;
-        let record = match stored.metadata.custom.get(USER_KEY) {
-            None => None,
-            Some(value) => Some(serde_json::from_value::<UserRecord>(value.clone()).map_err(
-                |error| UserError::Corrupt {
-                    login: login.to_owned(),
-                    reason: error.to_string(),
-                },
-            )?),
-        };
-        Ok(Loaded {
-            record,
-            revision: stored.revision,
-        })
+        let (record, revision) = record::load(&self.store, &user_stream(login), USER_KEY)
+            .await
+            .map_err(|error| record_error(login, error))?;
+        Ok(Loaded { record, revision })
     }
 
     async fn write(&self, record: UserRecord, revision: CurrentRevision) -> Result<(), UserError> {
-        let login = record.login_name.clone();
-        let value = serde_json::to_value(&record).map_err(|error| UserError::Corrupt {
-            login: login.clone(),
-            reason: error.to_string(),
-        })?;
-        let mut custom = Map::new();
-        custom.insert(USER_KEY.into(), value);
-        let metadata = StreamMetadata {
-            custom,
-            ..StreamMetadata::default()
-        };
-        match self
-            .store
-            .set_stream_metadata(&user_stream(&login), expected(revision), &metadata)
+        let stream = user_stream(&record.login_name);
+        record::save(&self.store, &stream, USER_KEY, &record, revision)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(AppendError::WrongExpectedRevision { .. }) => Err(UserError::Conflict { login }),
-            Err(error) => Err(UserError::Append(error)),
-        }
+            .map_err(|error| record_error(&record.login_name, error))
+    }
+}
+
+/// A record failure as a user error: a concurrent change is a [`UserError::Conflict`].
+fn record_error(login: &str, error: RecordError) -> UserError {
+    match error {
+        RecordError::Read(error) => UserError::Read(error),
+        RecordError::Append(AppendError::WrongExpectedRevision { .. }) => UserError::Conflict {
+            login: login.to_owned(),
+        },
+        RecordError::Append(error) => UserError::Append(error),
+        RecordError::Corrupt(reason) => UserError::Corrupt {
+            login: login.to_owned(),
+            reason,
+        },
     }
 }
 
 /// The system stream whose metadata is the record of `login`.
 pub fn user_stream(login: &str) -> String {
     format!("{USER_STREAM_PREFIX}{login}")
-}
-
-fn expected(revision: CurrentRevision) -> ExpectedRevision {
-    match revision {
-        CurrentRevision::NoStream => ExpectedRevision::NoStream,
-        CurrentRevision::Current(revision) => ExpectedRevision::Exact(revision),
-    }
 }
 
 /// Milliseconds since the Unix epoch.

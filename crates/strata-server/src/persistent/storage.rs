@@ -126,12 +126,8 @@ pub async fn save_config(
     groups: &[GroupConfig],
     revision: CurrentRevision,
 ) -> Result<CurrentRevision, PersistentError> {
-    let expected = match revision {
-        CurrentRevision::NoStream => ExpectedRevision::NoStream,
-        CurrentRevision::Current(revision) => ExpectedRevision::Exact(revision),
-    };
     let document = json!({ CONFIG_KEY: { "version": CONFIG_VERSION, "groups": groups } });
-    write(store, CONFIG_STREAM, expected, document).await?;
+    write(store, CONFIG_STREAM, revision.into(), document).await?;
     Ok(match revision {
         CurrentRevision::NoStream => CurrentRevision::Current(0),
         CurrentRevision::Current(revision) => CurrentRevision::Current(revision + 1),

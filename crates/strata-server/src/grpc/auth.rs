@@ -18,7 +18,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
 use tower_service::Service;
 
-use crate::auth::{Auth, AuthorizeError, Operation, Presented, Principal};
+use crate::auth::{Auth, AuthorizeError, Operation, Presented, Principal, StreamAction};
 use crate::grpc::convert;
 use crate::metrics::Api;
 use crate::state::ServerState;
@@ -155,6 +155,18 @@ impl Caller {
                 .unwrap_or(Principal::Anonymous),
             address: crate::tls::client_address(request),
         }
+    }
+
+    /// Whether this caller may do `action` on `stream` (or `$all`): `Err` with the
+    /// status to answer if not.
+    pub async fn authorize_stream(
+        &self,
+        state: &ServerState,
+        action: StreamAction,
+        stream: &str,
+    ) -> Result<(), Status> {
+        self.authorize(state, Operation::Stream { action, stream })
+            .await
     }
 
     /// Whether this caller may do `operation`: `Err` with the status to answer if not.

@@ -652,13 +652,7 @@ impl PersistentSubscriptions for PersistentService {
         };
         // Consuming a group needs read access to its stream (`$all` for `$all` groups).
         caller
-            .authorize(
-                &self.state,
-                Operation::Stream {
-                    action: StreamAction::Read,
-                    stream: &source,
-                },
-            )
+            .authorize_stream(&self.state, StreamAction::Read, &source)
             .await?;
         let structured = matches!(
             options

@@ -19,7 +19,7 @@ use strata::{
 use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::auth::{Operation, StreamAction};
+use crate::auth::StreamAction;
 use crate::grpc::auth::Caller;
 use crate::grpc::convert;
 use crate::metrics::{Api, Outcome};
@@ -253,11 +253,10 @@ impl V2StreamsService {
     ) -> Result<Vec<strata::AppendResult>, Status> {
         // Every stream of the append, including those only checked: all or nothing.
         for request in &requests {
-            let operation = Operation::Stream {
-                action: StreamAction::Write,
-                stream: &request.stream,
-            };
-            if let Err(status) = caller.authorize(&self.state, operation).await {
+            let authorized = caller
+                .authorize_stream(&self.state, StreamAction::Write, &request.stream)
+                .await;
+            if let Err(status) = authorized {
                 return Err(match status.code() {
                     Code::PermissionDenied => access_denied(caller, "streams.write"),
                     _ => status,

@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::json::{body_bytes, parse, parse_bounded, parse_events, too_many_events, EventInput};
 use super::params::{parse_expected, Params, StreamPath};
 use super::HttpState;
-use crate::auth::{Operation, StreamAction};
+use crate::auth::StreamAction;
 use crate::metrics::{Api, Outcome};
 
 /// Where an append's events were recorded.
@@ -160,13 +160,7 @@ async fn record(
     // Every stream of the append must be writable: all or nothing.
     for request in &requests {
         caller
-            .authorize(
-                http,
-                Operation::Stream {
-                    action: StreamAction::Write,
-                    stream: &request.stream,
-                },
-            )
+            .authorize_stream(http, StreamAction::Write, &request.stream)
             .await?;
     }
 

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::HttpState;
-use crate::auth::{AuthorizeError, Operation, Presented, Principal};
+use crate::auth::{AuthorizeError, Operation, Presented, Principal, StreamAction};
 use crate::metrics::Api;
 use crate::tls::TlsSession;
 
@@ -85,6 +85,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 }
 
 impl Caller {
+    /// Whether this caller may do `action` on `stream` (or `$all`): the error to answer
+    /// if not.
+    pub async fn authorize_stream(
+        &self,
+        http: &HttpState,
+        action: StreamAction,
+        stream: &str,
+    ) -> Result<(), ApiError> {
+        self.authorize(http, Operation::Stream { action, stream })
+            .await
+    }
+
     /// Whether this caller may do `operation`: the error to answer if not.
     pub async fn authorize(
         &self,

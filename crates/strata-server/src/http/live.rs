@@ -25,7 +25,7 @@ use super::error::ApiError;
 use super::json::EventOutput;
 use super::params::{Params, StreamPath, ALL};
 use super::HttpState;
-use crate::auth::{Operation, StreamAction};
+use crate::auth::StreamAction;
 use crate::metrics::{Api, ApiLabels, Metrics};
 use crate::slots::{Slot, SubscriptionSlots};
 
@@ -210,13 +210,7 @@ pub async fn live(
     };
     params.finish()?;
     caller
-        .authorize(
-            &http,
-            Operation::Stream {
-                action: StreamAction::Read,
-                stream: &stream,
-            },
-        )
+        .authorize_stream(&http, StreamAction::Read, &stream)
         .await?;
     if http.state.is_shutting_down() {
         return Err(ApiError::ShuttingDown);

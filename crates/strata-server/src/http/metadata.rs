@@ -15,7 +15,7 @@ use super::json::{body_bytes, parse};
 use super::params::{Params, StreamPath};
 use super::read::wait_for_position;
 use super::HttpState;
-use crate::auth::{Operation, StreamAction};
+use crate::auth::StreamAction;
 
 /// A stream's metadata.
 #[derive(Serialize)]
@@ -40,13 +40,7 @@ pub async fn get(
     let min_position = params.take_u64("min_position")?;
     params.finish()?;
     caller
-        .authorize(
-            &http,
-            Operation::Stream {
-                action: StreamAction::MetadataRead,
-                stream: &stream,
-            },
-        )
+        .authorize_stream(&http, StreamAction::MetadataRead, &stream)
         .await?;
     wait_for_position(&http, min_position).await?;
     let result = http.state.store.stream_metadata(&stream).await?;
@@ -84,13 +78,7 @@ pub async fn put(
     let expected = params.take_expected()?;
     params.finish()?;
     caller
-        .authorize(
-            &http,
-            Operation::Stream {
-                action: StreamAction::MetadataWrite,
-                stream: &stream,
-            },
-        )
+        .authorize_stream(&http, StreamAction::MetadataWrite, &stream)
         .await?;
     let body = body_bytes(body, http.state.options.max_request_body)?;
     let value: Value = parse(&body)?;
@@ -121,13 +109,7 @@ pub async fn delete(
     let tombstone = params.take_bool("tombstone")?;
     params.finish()?;
     caller
-        .authorize(
-            &http,
-            Operation::Stream {
-                action: StreamAction::Delete,
-                stream: &stream,
-            },
-        )
+        .authorize_stream(&http, StreamAction::Delete, &stream)
         .await?;
     let store = &http.state.store;
     let position = if tombstone {

@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::json::EventOutput;
 use super::params::{Params, StreamPath, ALL};
 use super::HttpState;
-use crate::auth::{Operation, StreamAction};
+use crate::auth::StreamAction;
 use crate::metrics::{Api, ApiLabels};
 
 /// Events a read returns when it gives no `limit`.
@@ -66,13 +66,7 @@ pub async fn read(
     };
     params.finish()?;
     caller
-        .authorize(
-            &http,
-            Operation::Stream {
-                action: StreamAction::Read,
-                stream: &stream,
-            },
-        )
+        .authorize_stream(&http, StreamAction::Read, &stream)
         .await?;
     wait_for_position(&http, min_position).await?;
     let (events, scan_stopped_at) = match filter {
@@ -242,13 +236,7 @@ pub async fn list(
     params.finish()?;
     // The names of every stream are as telling as `$all`: the same permission.
     caller
-        .authorize(
-            &http,
-            Operation::Stream {
-                action: StreamAction::Read,
-                stream: strata::stream::ALL_STREAM,
-            },
-        )
+        .authorize_stream(&http, StreamAction::Read, strata::stream::ALL_STREAM)
         .await?;
     wait_for_position(&http, min_position).await?;
     let options = ListStreamsOptions {

@@ -9,7 +9,7 @@ use strata::{AppendError, CurrentRevision, ExpectedRevision};
 use tonic::{Status, Streaming};
 
 use super::wire;
-use crate::auth::{Operation, StreamAction};
+use crate::auth::StreamAction;
 use crate::grpc::auth::Caller;
 use crate::grpc::convert;
 use crate::metrics::{Api, Outcome};
@@ -50,13 +50,7 @@ pub async fn append(
     let stream = convert::stream_name(options.stream_identifier.as_ref())?;
     // Before the events are received: a refused writer does not get to send them.
     caller
-        .authorize(
-            state,
-            Operation::Stream {
-                action: StreamAction::Write,
-                stream: &stream,
-            },
-        )
+        .authorize_stream(state, StreamAction::Write, &stream)
         .await?;
     let expected = expected(options.expected_stream_revision);
     let mut events = Vec::new();

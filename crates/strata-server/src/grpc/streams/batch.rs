@@ -19,7 +19,7 @@ use tonic::{Code, Status, Streaming};
 use uuid::Uuid;
 
 use super::{wire, ResponseStream};
-use crate::auth::{Operation, StreamAction};
+use crate::auth::StreamAction;
 use crate::grpc::auth::Caller;
 use crate::grpc::convert;
 use crate::metrics::{Api, Outcome};
@@ -148,13 +148,7 @@ pub fn batch_append(
                     Some(invalid) => Some(invalid),
                     None => match convert::stream_name(options.stream_identifier.as_ref()) {
                         Ok(stream) => caller
-                            .authorize(
-                                &state,
-                                Operation::Stream {
-                                    action: StreamAction::Write,
-                                    stream: &stream,
-                                },
-                            )
+                            .authorize_stream(&state, StreamAction::Write, &stream)
                             .await
                             .err()
                             .map(|status| match status.code() {

@@ -3,7 +3,7 @@
 use strata::{ExpectedRevision, Position};
 use tonic::Status;
 
-use crate::auth::{Operation, StreamAction};
+use crate::auth::StreamAction;
 use crate::grpc::auth::Caller;
 use crate::grpc::convert;
 use crate::proto::event_store::client::streams::{
@@ -36,23 +36,6 @@ fn expected_tombstone(
     }
 }
 
-/// Both calls need the stream's `$d`.
-async fn authorize_delete(
-    state: &ServerState,
-    caller: &Caller,
-    stream: &str,
-) -> Result<(), Status> {
-    caller
-        .authorize(
-            state,
-            Operation::Stream {
-                action: StreamAction::Delete,
-                stream,
-            },
-        )
-        .await
-}
-
 /// Runs one Delete call.
 pub async fn delete(
     state: &ServerState,
@@ -63,7 +46,10 @@ pub async fn delete(
         .options
         .ok_or_else(|| Status::invalid_argument("'options' is a required argument"))?;
     let stream = convert::stream_name(options.stream_identifier.as_ref())?;
-    authorize_delete(state, caller, &stream).await?;
+    // Both calls need the stream's `$d`.
+    caller
+        .authorize_stream(state, StreamAction::Delete, &stream)
+        .await?;
     let expected = expected_delete(options.expected_stream_revision);
     let position: Position = state
         .store
@@ -91,7 +77,10 @@ pub async fn tombstone(
         .options
         .ok_or_else(|| Status::invalid_argument("'options' is a required argument"))?;
     let stream = convert::stream_name(options.stream_identifier.as_ref())?;
-    authorize_delete(state, caller, &stream).await?;
+    // Both calls need the stream's `$d`.
+    caller
+        .authorize_stream(state, StreamAction::Delete, &stream)
+        .await?;
     let expected = expected_tombstone(options.expected_stream_revision);
     let position = state
         .store

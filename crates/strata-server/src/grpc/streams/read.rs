@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::{wire, ResponseStream};
-use crate::auth::{Operation, StreamAction};
+use crate::auth::StreamAction;
 use crate::grpc::auth::Caller;
 use crate::grpc::convert;
 use crate::metrics::{Api, ApiLabels};
@@ -188,13 +188,7 @@ pub async fn read(
         Source::All { .. } => strata::stream::ALL_STREAM,
     };
     caller
-        .authorize(
-            &state,
-            Operation::Stream {
-                action: StreamAction::Read,
-                stream,
-            },
-        )
+        .authorize_stream(&state, StreamAction::Read, stream)
         .await?;
     let peer = caller.address;
     let slot = match plan.count {
